@@ -1,0 +1,79 @@
+# Shared by scripts/run.sh and scripts/test.sh: find or install what troupe needs to build and
+# run, saying what it does. Sourced, not run.
+set -euo pipefail
+
+TROUPE_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TROUPE_CACHE=${TROUPE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/troupe}
+# One build directory outside the checkout, so every clone (and CI) reuses the same warm build.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TROUPE_CACHE/target}
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+# Rust itself is the one prerequisite.
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again"
+}
+
+have_libclang() {
+    [ -n "${LIBCLANG_PATH:-}" ] && return 0
+    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
+        /usr/lib/aarch64-linux-gnu/libclang*.so* /usr/lib64/libclang*.so* >/dev/null 2>&1
+}
+
+# System packages the build and the model download need. Checked by what they provide, so a
+# machine that has them some other way is left alone.
+ensure_system_packages() {
+    local missing=()
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    command -v c++ >/dev/null 2>&1 || missing+=(g++)
+    command -v make >/dev/null 2>&1 || missing+=(make)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    command -v git >/dev/null 2>&1 || missing+=(git)
+    have_libclang || missing+=(libclang-dev clang)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        die "missing: ${missing[*]}. Install them with your package manager (macOS: brew install cmake llvm protobuf pkg-config python), then run this again"
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "installing ${missing[*]} needs root: run as root or install sudo"
+        sudo=(sudo)
+    fi
+    say "installing system packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# A Python environment for the test suite's independent reference computations and peers.
+ensure_venv() {
+    local venv=$TROUPE_CACHE/venv req=$TROUPE_SRC/scripts/requirements-dev.txt
+    local stamp=$venv/.requirements.sha256 want
+    want=$(sha256sum "$req" | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
+        return 0
+    fi
+    say "setting up the Python test environment in $venv (numpy, safetensors, tokenizers, ...)"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+    echo "$want" >"$stamp"
+}
+
+# Builds the troupe binary in the given cargo profile (dev or release) and prints its path.
+build_troupe() {
+    local profile=$1 dir=debug
+    [ "$profile" = release ] && dir=release
+    if [ ! -x "$CARGO_TARGET_DIR/$dir/troupe" ]; then
+        say "building troupe ($profile profile) in $CARGO_TARGET_DIR; the first build compiles about 700 crates and llama.cpp"
+    fi
+    (cd "$TROUPE_SRC" && cargo build --locked --profile "$profile" --bin troupe) >&2
+    echo "$CARGO_TARGET_DIR/$dir/troupe"
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs troupe on the current repository with the default models, first installing what is
+# missing: system packages, the release build, and the default chat and embedding models.
+# Arguments go to troupe; without any it runs the main job.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_rust
+ensure_system_packages
+troupe=$(build_troupe release)
+say "fetching the default models (already verified ones are skipped)"
+"$troupe" models pull >/dev/null
+
+if [ $# -eq 0 ]; then
+    set -- doctor
+fi
+exec "$troupe" "$@"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs troupe's whole test suite, first installing what is missing: system packages, the Python
+# test environment, the build, and the small models the tests use. Arguments go to `cargo test`.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_rust
+ensure_system_packages
+ensure_venv
+export TROUPE_VENV=$TROUPE_CACHE/venv
+
+troupe=$(build_troupe dev)
+say "fetching the test models (already verified ones are skipped)"
+"$troupe" models pull smollm2-135m-instruct all-minilm-l6-v2 >/dev/null
+
+say "running the test suite"
+cd "$TROUPE_SRC"
+cargo test --locked "$@"

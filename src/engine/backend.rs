@@ -1,0 +1,36 @@
+//! One trait over the places generation can run: the embedded llama.cpp [`Engine`] (default)
+//! and an OpenAI-compatible HTTP endpoint ([`super::openai::OpenAiBackend`]) for users whose
+//! load outgrows one machine. Agents hold an `Arc<dyn Backend>` and never know which one it is.
+
+use super::request::{GenerateRequest, RequestId};
+use super::stream::GenerationStream;
+use super::thread::Engine;
+
+/// Somewhere requests are generated.
+pub trait Backend: Send + Sync {
+    /// Starts a request. Returns at once; the answer streams back on the returned stream: deltas,
+    /// then exactly one terminal event (a `Done` with stats, or an error). Dropping the stream
+    /// cancels the request.
+    fn generate(&self, request: GenerateRequest) -> GenerationStream;
+
+    /// Cancels a request by id; its stream ends with `FinishReason::Cancelled` (or, for a remote
+    /// back end, as soon as the connection is closed). Unknown ids are ignored.
+    fn cancel(&self, id: RequestId);
+
+    /// A short human-readable description (model path or endpoint URL).
+    fn describe(&self) -> String;
+}
+
+impl Backend for Engine {
+    fn generate(&self, request: GenerateRequest) -> GenerationStream {
+        Engine::generate(self, request)
+    }
+
+    fn cancel(&self, id: RequestId) {
+        Engine::cancel(self, id);
+    }
+
+    fn describe(&self) -> String {
+        format!("llama.cpp (embedded): {}", self.model_info().path.display())
+    }
+}

@@ -1,0 +1,750 @@
+//! Continuous-batching scheduler: which request gets which sequence, what goes into the next
+//! batch, and which KV ranges are reused, copied or freed.
+//!
+//! Sequence slots hold the exact token list that is in the KV cache for their sequence id. A slot
+//! is `Free` (nothing cached), `Idle` (a finished request's tokens kept as a prefix cache, evicted
+//! least recently used first) or `Active` (a running request). Admission looks for the longest
+//! common prefix between a waiting request and every slot; an idle match is taken over in place
+//! (the tail beyond the prefix is removed), a running match is shared with `seq_cp` (cheap with a
+//! unified KV cache). When a running request is still prefilling a prompt that shares more with
+//! the waiting one than is in KV yet, the waiting request is held until the shared part is in
+//! the cache, so several agents sending the same context at once compute it once.
+//!
+//! KV space is reserved up front (uncomputed prompt plus `max_new` per active request), so decode
+//! never runs out of cells: a request that does not fit waits (back-pressure), it does not fail.
+//! Pure logic over the [`KvOps`] trait: the engine thread implements it with the llama.cpp
+//! context, tests with a recorder. Single-threaded (owned by the engine thread).
+
+use llama_cpp_2::token::LlamaToken;
+
+use super::prefix::{CellId, CellLedger, common_prefix_len};
+use super::request::{Priority, RequestId};
+
+/// The KV cache operations the scheduler needs (positions are token indices).
+pub(crate) trait KvOps {
+    /// Removes positions `[p0, end)` of `seq`.
+    fn seq_rm(&mut self, seq: i32, p0: usize);
+    /// Makes `dst` share positions `[0, len)` of `src`.
+    fn seq_cp(&mut self, src: i32, dst: i32, len: usize);
+}
+
+/// Scheduler limits.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulerConfig {
+    /// Requests decoded at the same time.
+    pub n_parallel: usize,
+    /// Sequence ids in the context (running plus cached); more than `n_parallel`.
+    pub n_slots: usize,
+    /// Maximum tokens (prompt plus generated) per sequence.
+    pub ctx_per_seq: usize,
+    /// KV cells in the context (shared by all sequences).
+    pub kv_cells: usize,
+    /// Tokens per step (one per decoding sequence plus prefill chunks).
+    pub step_tokens: usize,
+    /// Reuse cached prefixes.
+    pub prefix_cache: bool,
+    /// Hold a waiting request for a running prefill only if that gains at least this many tokens.
+    pub prefix_wait_min: usize,
+}
+
+/// A request waiting for a sequence.
+#[derive(Debug)]
+pub(crate) struct Pending<R> {
+    pub id: RequestId,
+    pub priority: Priority,
+    pub tokens: Vec<LlamaToken>,
+    /// Generated-token limit, already clamped to the context per sequence.
+    pub max_new: usize,
+    pub payload: R,
+}
+
+/// A running request.
+#[derive(Debug)]
+pub(crate) struct Active<R> {
+    pub id: RequestId,
+    pub priority: Priority,
+    arrival: u64,
+    pub prompt: Vec<LlamaToken>,
+    /// Prompt tokens reused from the cache.
+    pub cached: usize,
+    pub max_new: usize,
+    /// Tokens sampled so far.
+    pub generated: usize,
+    /// The last sampled token, not yet in the KV cache.
+    pub next_token: Option<LlamaToken>,
+    pub payload: R,
+}
+
+#[derive(Debug)]
+enum SlotState<R> {
+    Free,
+    Idle,
+    Active(Box<Active<R>>),
+}
+
+#[derive(Debug)]
+struct Slot<R> {
+    seq: i32,
+    /// The tokens in this sequence's KV, position i holding `tokens[i]`.
+    tokens: Vec<LlamaToken>,
+    cells: Vec<CellId>,
+    state: SlotState<R>,
+    last_used: u64,
+}
+
+/// One sequence's part of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BatchEntry {
+    pub slot: usize,
+    pub seq: i32,
+    /// Position of the first token.
+    pub pos: usize,
+    pub tokens: Vec<LlamaToken>,
+    /// Whether logits are needed for the last token (decode, or the end of the prompt).
+    pub logits: bool,
+}
+
+/// A request that got a sequence this step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admitted {
+    pub slot: usize,
+    pub id: RequestId,
+    pub cached: usize,
+}
+
+/// What a cancellation found.
+#[derive(Debug)]
+pub(crate) enum Removed<R> {
+    /// The request was still waiting.
+    Waiting(Pending<R>),
+    /// The request was running; its sequence is free again.
+    Active(Box<Active<R>>),
+}
+
+/// The scheduler state.
+#[derive(Debug)]
+pub(crate) struct Scheduler<R> {
+    cfg: SchedulerConfig,
+    slots: Vec<Slot<R>>,
+    /// Waiting requests in service order: priority, then arrival.
+    waiting: Vec<(u64, Pending<R>)>,
+    ledger: CellLedger,
+    tick: u64,
+    arrivals: u64,
+    /// Waiting requests held for a running prefill at the last admission.
+    pub held: usize,
+}
+
+impl<R> Scheduler<R> {
+    /// A scheduler with all slots free.
+    pub fn new(mut cfg: SchedulerConfig) -> Self {
+        cfg.n_parallel = cfg.n_parallel.max(1);
+        cfg.n_slots = cfg.n_slots.max(cfg.n_parallel + 1);
+        cfg.ctx_per_seq = cfg.ctx_per_seq.min(cfg.kv_cells).max(2);
+        cfg.step_tokens = cfg.step_tokens.max(cfg.n_parallel + 1);
+        let slots = (0..cfg.n_slots)
+            .map(|i| Slot {
+                seq: i as i32,
+                tokens: Vec::new(),
+                cells: Vec::new(),
+                state: SlotState::Free,
+                last_used: 0,
+            })
+            .collect();
+        Self {
+            cfg,
+            slots,
+            waiting: Vec::new(),
+            ledger: CellLedger::default(),
+            tick: 0,
+            arrivals: 0,
+            held: 0,
+        }
+    }
+
+    /// Queues a request (the caller checked that its prompt fits one sequence).
+    pub fn enqueue(&mut self, pending: Pending<R>) {
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        let at = self
+            .waiting
+            .iter()
+            .position(|(_, w)| w.priority < pending.priority)
+            .unwrap_or(self.waiting.len());
+        self.waiting.insert(at, (arrival, pending));
+    }
+
+    /// Removes a request, waiting or running. A running request's tokens stay cached in its
+    /// (now idle) sequence.
+    pub fn remove(&mut self, id: RequestId, kv: &mut impl KvOps) -> Option<Removed<R>> {
+        if let Some(at) = self.waiting.iter().position(|(_, w)| w.id == id) {
+            return Some(Removed::Waiting(self.waiting.remove(at).1));
+        }
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| matches!(&s.state, SlotState::Active(a) if a.id == id))?;
+        self.finish(slot, kv).map(Removed::Active)
+    }
+
+    /// Ends the request in `slot`; its sequence becomes idle (a prefix cache entry) or free.
+    pub fn finish(&mut self, slot: usize, kv: &mut impl KvOps) -> Option<Box<Active<R>>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let keep_cache = self.cfg.prefix_cache;
+        let s = self.slots.get_mut(slot)?;
+        let state = std::mem::replace(&mut s.state, SlotState::Free);
+        let SlotState::Active(active) = state else {
+            s.state = state;
+            return None;
+        };
+        s.last_used = tick;
+        if keep_cache && !s.tokens.is_empty() {
+            s.state = SlotState::Idle;
+        } else {
+            self.clear_slot(slot, kv);
+        }
+        Some(active)
+    }
+
+    /// Ends the request in `slot` and drops its KV (after a failed decode its cache content is
+    /// not trusted).
+    pub fn abort(&mut self, slot: usize, kv: &mut impl KvOps) -> Option<Box<Active<R>>> {
+        let active = self.finish(slot, kv)?;
+        self.clear_slot(slot, kv);
+        Some(active)
+    }
+
+    /// Drops every idle cache entry (used when llama.cpp reports a full KV cache anyway).
+    pub fn evict_all_idle(&mut self, kv: &mut impl KvOps) -> usize {
+        let idle: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| matches!(self.slots[i].state, SlotState::Idle))
+            .collect();
+        for &i in &idle {
+            self.clear_slot(i, kv);
+        }
+        idle.len()
+    }
+
+    /// Gives waiting requests sequences, in priority order, while sequences and KV space last.
+    pub fn admit(&mut self, kv: &mut impl KvOps) -> Vec<Admitted> {
+        let mut admitted = Vec::new();
+        self.held = 0;
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.active_count() >= self.cfg.n_parallel {
+                break;
+            }
+            match self.try_admit(i, kv) {
+                Admission::Admitted(a) => admitted.push(a),
+                Admission::Held => {
+                    self.held += 1;
+                    i += 1;
+                }
+                // Not enough KV: later (lower priority or younger) requests must not overtake.
+                Admission::NoSpace => break,
+            }
+        }
+        admitted
+    }
+
+    /// The next batch: one token per decoding sequence, then prefill chunks within the budget.
+    pub fn plan(&self) -> Vec<BatchEntry> {
+        let mut budget = self.cfg.step_tokens;
+        let mut entries = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let SlotState::Active(a) = &s.state
+                && let Some(t) = a.next_token
+            {
+                entries.push(BatchEntry {
+                    slot: i,
+                    seq: s.seq,
+                    pos: s.tokens.len(),
+                    tokens: vec![t],
+                    logits: true,
+                });
+                budget = budget.saturating_sub(1);
+            }
+        }
+        let mut prefilling: Vec<(usize, &Active<R>)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.state {
+                SlotState::Active(a) if s.tokens.len() < a.prompt.len() => Some((i, &**a)),
+                _ => None,
+            })
+            .collect();
+        prefilling.sort_by_key(|(_, a)| (std::cmp::Reverse(a.priority), a.arrival));
+        for (i, a) in prefilling {
+            if budget == 0 {
+                break;
+            }
+            let s = &self.slots[i];
+            let start = s.tokens.len();
+            let n = (a.prompt.len() - start).min(budget);
+            entries.push(BatchEntry {
+                slot: i,
+                seq: s.seq,
+                pos: start,
+                tokens: a.prompt[start..start + n].to_vec(),
+                logits: start + n == a.prompt.len(),
+            });
+            budget -= n;
+        }
+        entries
+    }
+
+    /// Records that a planned batch was decoded: its tokens are now in the KV cache.
+    pub fn commit(&mut self, entries: &[BatchEntry]) {
+        for e in entries {
+            let cells = self.ledger.alloc(e.tokens.len());
+            let s = &mut self.slots[e.slot];
+            debug_assert_eq!(s.tokens.len(), e.pos);
+            s.tokens.extend_from_slice(&e.tokens);
+            s.cells.extend(cells);
+            if let SlotState::Active(a) = &mut s.state
+                && a.next_token.is_some()
+                && e.tokens.len() == 1
+                && e.pos >= a.prompt.len()
+            {
+                a.next_token = None;
+            }
+        }
+    }
+
+    /// The running request in `slot`.
+    pub fn active_mut(&mut self, slot: usize) -> Option<&mut Active<R>> {
+        match &mut self.slots.get_mut(slot)?.state {
+            SlotState::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Ids and payloads of every running request.
+    pub fn active_iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Active<R>)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| match &mut s.state {
+                SlotState::Active(a) => Some((i, &mut **a)),
+                _ => None,
+            })
+    }
+
+    /// Waiting requests, in service order.
+    pub fn waiting_iter(&self) -> impl Iterator<Item = &Pending<R>> {
+        self.waiting.iter().map(|(_, p)| p)
+    }
+
+    /// Takes every request out (shutdown).
+    pub fn drain(&mut self, kv: &mut impl KvOps) -> (Vec<Pending<R>>, Vec<Box<Active<R>>>) {
+        let waiting = self.waiting.drain(..).map(|(_, p)| p).collect();
+        let mut active = Vec::new();
+        for i in 0..self.slots.len() {
+            if let Some(a) = self.abort(i, kv) {
+                active.push(a);
+            }
+        }
+        (waiting, active)
+    }
+
+    /// Running requests.
+    pub fn active_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Active(_)))
+            .count()
+    }
+
+    /// Waiting requests.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Idle sequences kept as prefix cache.
+    pub fn idle_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Idle))
+            .count()
+    }
+
+    /// KV cells in use (shared cells counted once).
+    pub fn cells_used(&self) -> usize {
+        self.ledger.used()
+    }
+
+    /// KV cells the running requests may still need.
+    pub fn cells_reserved(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| match &s.state {
+                SlotState::Active(a) => {
+                    a.prompt.len().saturating_sub(s.tokens.len()) + a.max_new - a.generated
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Nothing running and nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.active_count() == 0
+    }
+
+    /// The tokens cached in `slot` (tests and metrics).
+    #[cfg(test)]
+    pub fn slot_tokens(&self, slot: usize) -> &[LlamaToken] {
+        &self.slots[slot].tokens
+    }
+
+    fn try_admit(&mut self, index: usize, kv: &mut impl KvOps) -> Admission {
+        let (req_len, max_new) = {
+            let req = &self.waiting[index].1;
+            (req.tokens.len(), req.max_new)
+        };
+        // At least one prompt token is always computed, for the logits of the first sample.
+        let cap = req_len.saturating_sub(1);
+
+        // Best source now (tokens already in KV) and best source later (a running prefill).
+        let mut best: Option<(usize, usize)> = None; // (slot, len)
+        let mut potential = 0usize;
+        if self.cfg.prefix_cache {
+            let req_tokens = &self.waiting[index].1.tokens;
+            for (i, s) in self.slots.iter().enumerate() {
+                if matches!(s.state, SlotState::Free) {
+                    continue;
+                }
+                let now = common_prefix_len(req_tokens, &s.tokens).min(cap);
+                let better = match best {
+                    None => now > 0,
+                    Some((bi, bl)) => {
+                        now > bl
+                            || (now == bl
+                                && matches!(s.state, SlotState::Idle)
+                                && !matches!(self.slots[bi].state, SlotState::Idle))
+                    }
+                };
+                if better {
+                    best = Some((i, now));
+                }
+                if let SlotState::Active(a) = &s.state
+                    && s.tokens.len() < a.prompt.len()
+                {
+                    potential = potential.max(common_prefix_len(req_tokens, &a.prompt).min(cap));
+                }
+            }
+        }
+        let best_len = best.map_or(0, |(_, l)| l);
+        if potential >= best_len + self.cfg.prefix_wait_min.max(1) {
+            return Admission::Held;
+        }
+
+        // The target sequence: take over an idle match in place, else a free slot, else evict
+        // the least recently used idle slot (never the source).
+        let source = best.map(|(i, _)| i);
+        let takeover = source.filter(|&i| matches!(self.slots[i].state, SlotState::Idle));
+        let target = match takeover {
+            Some(i) => i,
+            None => {
+                let free = self
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s.state, SlotState::Free));
+                let lru = || {
+                    self.slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, s)| matches!(s.state, SlotState::Idle) && Some(*i) != source)
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(i, _)| i)
+                };
+                match free.or_else(lru) {
+                    Some(i) => i,
+                    None => return Admission::NoSpace,
+                }
+            }
+        };
+        let keep = if takeover.is_some() || source.is_some() {
+            best_len
+        } else {
+            0
+        };
+
+        // KV space: what the target gives back, then idle entries, least recently used first.
+        let need = req_len - keep + max_new;
+        let target_release: &[CellId] = if takeover.is_some() {
+            &self.slots[target].cells[keep..]
+        } else {
+            &self.slots[target].cells
+        };
+        let freed_by_target = self.ledger.exclusive(target_release);
+        loop {
+            let free = self
+                .cfg
+                .kv_cells
+                .saturating_sub(self.ledger.used() + self.cells_reserved());
+            if need <= free + freed_by_target {
+                break;
+            }
+            let victim = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    matches!(s.state, SlotState::Idle) && Some(*i) != source && *i != target
+                })
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(i, _)| i);
+            match victim {
+                Some(v) => self.clear_slot(v, kv),
+                None => return Admission::NoSpace,
+            }
+        }
+
+        // Commit: prepare the target's KV, then start the request.
+        let (arrival, req) = self.waiting.remove(index);
+        if takeover.is_some() {
+            self.truncate_slot(target, keep, kv);
+        } else {
+            self.clear_slot(target, kv);
+            if let Some(src) = source
+                && keep > 0
+            {
+                let (src_seq, src_tokens, src_cells) = {
+                    let s = &self.slots[src];
+                    (s.seq, s.tokens[..keep].to_vec(), s.cells[..keep].to_vec())
+                };
+                let dst_seq = self.slots[target].seq;
+                kv.seq_cp(src_seq, dst_seq, keep);
+                self.ledger.share(&src_cells);
+                let t = &mut self.slots[target];
+                t.tokens = src_tokens;
+                t.cells = src_cells;
+            }
+        }
+        self.tick += 1;
+        let s = &mut self.slots[target];
+        s.last_used = self.tick;
+        s.state = SlotState::Active(Box::new(Active {
+            id: req.id,
+            priority: req.priority,
+            arrival,
+            prompt: req.tokens,
+            cached: keep,
+            max_new: req.max_new,
+            generated: 0,
+            next_token: None,
+            payload: req.payload,
+        }));
+        Admission::Admitted(Admitted {
+            slot: target,
+            id: req.id,
+            cached: keep,
+        })
+    }
+
+    fn truncate_slot(&mut self, slot: usize, keep: usize, kv: &mut impl KvOps) {
+        let s = &mut self.slots[slot];
+        if s.tokens.len() > keep {
+            kv.seq_rm(s.seq, keep);
+            let dropped: Vec<CellId> = s.cells.drain(keep..).collect();
+            s.tokens.truncate(keep);
+            self.ledger.release(&dropped);
+        }
+    }
+
+    fn clear_slot(&mut self, slot: usize, kv: &mut impl KvOps) {
+        self.truncate_slot(slot, 0, kv);
+        let s = &mut self.slots[slot];
+        if matches!(s.state, SlotState::Idle) {
+            s.state = SlotState::Free;
+        }
+    }
+}
+
+enum Admission {
+    Admitted(Admitted),
+    Held,
+    NoSpace,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        ops: Vec<String>,
+    }
+
+    impl KvOps for Recorder {
+        fn seq_rm(&mut self, seq: i32, p0: usize) {
+            self.ops.push(format!("rm {seq} {p0}.."));
+        }
+        fn seq_cp(&mut self, src: i32, dst: i32, len: usize) {
+            self.ops.push(format!("cp {src}->{dst} {len}"));
+        }
+    }
+
+    fn cfg() -> SchedulerConfig {
+        SchedulerConfig {
+            n_parallel: 3,
+            n_slots: 6,
+            ctx_per_seq: 4096,
+            kv_cells: 16384,
+            step_tokens: 512,
+            prefix_cache: true,
+            prefix_wait_min: 16,
+        }
+    }
+
+    fn toks(v: impl IntoIterator<Item = i32>) -> Vec<LlamaToken> {
+        v.into_iter().map(LlamaToken).collect()
+    }
+
+    fn pending(id: u64, tokens: Vec<LlamaToken>, max_new: usize) -> Pending<()> {
+        Pending {
+            id: RequestId(id),
+            priority: Priority::Normal,
+            tokens,
+            max_new,
+            payload: (),
+        }
+    }
+
+    /// Runs steps until every active request has its prompt in KV (no sampling).
+    fn prefill_all(s: &mut Scheduler<()>, kv: &mut Recorder) -> usize {
+        let mut computed = 0;
+        loop {
+            s.admit(kv);
+            let plan = s.plan();
+            if plan.is_empty() {
+                return computed;
+            }
+            computed += plan.iter().map(|e| e.tokens.len()).sum::<usize>();
+            s.commit(&plan);
+        }
+    }
+
+    #[test]
+    fn requests_sharing_a_prefix_arriving_together_compute_it_once() {
+        let mut s = Scheduler::new(cfg());
+        let mut kv = Recorder::default();
+        let shared: Vec<i32> = (1000..2500).collect();
+        for (i, suffix) in [[1, 2, 3], [4, 5, 6], [7, 8, 9]].iter().enumerate() {
+            let mut t = shared.clone();
+            t.extend_from_slice(suffix);
+            s.enqueue(pending(i as u64, toks(t), 8));
+        }
+        let computed = prefill_all(&mut s, &mut kv);
+        assert_eq!(computed, 1500 + 3 * 3, "ops: {:?}", kv.ops);
+        assert_eq!(s.active_count(), 3);
+        assert!(kv.ops.iter().filter(|o| o.starts_with("cp 0->")).count() == 2);
+    }
+
+    #[test]
+    fn a_finished_request_leaves_its_prefix_for_the_next_one() {
+        let mut s = Scheduler::new(cfg());
+        let mut kv = Recorder::default();
+        s.enqueue(pending(1, toks(0..100), 4));
+        prefill_all(&mut s, &mut kv);
+        let a = s.finish(0, &mut kv);
+        assert!(a.is_some());
+        assert_eq!(s.idle_count(), 1);
+        let mut next: Vec<i32> = (0..90).collect();
+        next.extend([7, 7]);
+        s.enqueue(pending(2, toks(next), 4));
+        let admitted = s.admit(&mut kv);
+        assert_eq!(admitted[0].cached, 90);
+        assert_eq!(admitted[0].slot, 0, "an idle match is taken over in place");
+        assert_eq!(kv.ops.last().map(String::as_str), Some("rm 0 90.."));
+        assert_eq!(s.slot_tokens(0).len(), 90);
+    }
+
+    #[test]
+    fn identical_prompt_recomputes_only_its_last_token() {
+        let mut s = Scheduler::new(cfg());
+        let mut kv = Recorder::default();
+        s.enqueue(pending(1, toks(0..50), 4));
+        prefill_all(&mut s, &mut kv);
+        s.enqueue(pending(2, toks(0..50), 4));
+        let admitted = s.admit(&mut kv);
+        assert_eq!(admitted[0].cached, 49);
+        assert_eq!(kv.ops.last().map(String::as_str), Some("cp 0->1 49"));
+    }
+
+    #[test]
+    fn requests_wait_when_kv_space_is_reserved_and_run_when_it_frees() {
+        let mut c = cfg();
+        c.kv_cells = 300;
+        c.ctx_per_seq = 300;
+        let mut s = Scheduler::new(c);
+        let mut kv = Recorder::default();
+        for i in 0..3 {
+            s.enqueue(pending(i, toks((0..20).map(|t| t + 100 * i as i32)), 100));
+        }
+        let admitted = s.admit(&mut kv);
+        assert_eq!(admitted.len(), 2, "each needs 120 of 300 cells");
+        assert_eq!(s.waiting_count(), 1);
+        prefill_all(&mut s, &mut kv);
+        s.finish(admitted[0].slot, &mut kv);
+        // The idle cache entry is evicted to make room.
+        let next = s.admit(&mut kv);
+        assert_eq!(next.len(), 1);
+        assert_eq!(s.waiting_count(), 0);
+    }
+
+    #[test]
+    fn higher_priority_requests_are_admitted_first() {
+        let mut c = cfg();
+        c.n_parallel = 1;
+        let mut s = Scheduler::new(c);
+        let mut kv = Recorder::default();
+        s.enqueue(pending(1, toks(0..5), 4));
+        let mut high = pending(2, toks(10..15), 4);
+        high.priority = Priority::High;
+        s.enqueue(high);
+        let admitted = s.admit(&mut kv);
+        assert_eq!(admitted[0].id, RequestId(2));
+    }
+
+    #[test]
+    fn batch_holds_one_token_per_decoding_sequence_plus_prefill_within_budget() {
+        let mut c = cfg();
+        c.step_tokens = 64;
+        let mut s = Scheduler::new(c);
+        let mut kv = Recorder::default();
+        s.enqueue(pending(1, toks(0..10), 4));
+        prefill_all(&mut s, &mut kv);
+        if let Some(a) = s.active_mut(0) {
+            a.next_token = Some(LlamaToken(5));
+        }
+        s.enqueue(pending(2, toks(500..700), 4));
+        s.admit(&mut kv);
+        let plan = s.plan();
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0].tokens.len(), 1);
+        assert_eq!(plan[0].pos, 10);
+        assert_eq!(plan[1].tokens.len(), 63);
+        assert!(!plan[1].logits);
+        s.commit(&plan);
+        assert_eq!(s.slot_tokens(0).len(), 11);
+        assert!(s.active_mut(0).is_some_and(|a| a.next_token.is_none()));
+    }
+
+    #[test]
+    fn cancelling_a_running_request_frees_its_sequence_and_reservation() {
+        let mut s = Scheduler::new(cfg());
+        let mut kv = Recorder::default();
+        s.enqueue(pending(1, toks(0..10), 50));
+        s.admit(&mut kv);
+        assert_eq!(s.cells_reserved(), 60);
+        let removed = s.remove(RequestId(1), &mut kv);
+        assert!(matches!(removed, Some(Removed::Active(_))));
+        assert_eq!(s.active_count(), 0);
+        assert_eq!(s.cells_reserved(), 0);
+        assert!(s.remove(RequestId(1), &mut kv).is_none());
+    }
+}

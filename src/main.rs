@@ -1,0 +1,192 @@
+//! The `troupe` command: parse the command line, set up logging and configuration, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use troupe::commands::{self, Context, exit};
+use troupe::config::{Loaded, Sources};
+use troupe::models::Store;
+use troupe::models::pull::{PullOptions, SourceKind};
+
+/// A local, private, multi-agent coding assistant: writer, reviewer and tester agents sharing
+/// one model on your machine.
+#[derive(Debug, Parser)]
+#[command(name = "troupe", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The repository (default: the git root above the current directory).
+    #[arg(long, global = true, value_name = "PATH")]
+    repo: Option<PathBuf>,
+    /// A config file read after troupe.toml and ~/.config/troupe/config.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The chat model: a catalog name or a GGUF path (overrides model.chat).
+    #[arg(long, global = true, value_name = "PATH|NAME")]
+    model: Option<String>,
+    /// The embedding model: a catalog name or a GGUF path (overrides model.embed).
+    #[arg(long, global = true, value_name = "PATH|NAME")]
+    embed_model: Option<String>,
+    /// Machine-readable output on stdout (one JSON object per line); progress stays on stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List, download, verify and locate models.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Check what is installed, found and verified, and say how to fix the rest.
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCmd {
+    /// The catalog and what is in the cache.
+    List,
+    /// Download and verify models (default: the configured chat and embedding models).
+    Pull {
+        /// Catalog names.
+        names: Vec<String>,
+        /// Use only this kind of source.
+        #[arg(long, value_enum)]
+        source: Option<SourceKind>,
+        /// Take the model from a local GGUF file (or checkpoint folder for embedding models).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        /// Fetch again even if a verified copy is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-hash models and compare with the catalog (default: every model in the cache).
+    Verify { name: Option<String> },
+    /// Print the path of a downloaded model.
+    Path { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Every setting with its value and where it came from.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbosity = if cli.global.quiet {
+        -1
+    } else {
+        cli.global.verbose.min(3) as i8
+    };
+    match run(cli, verbosity) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // A closed stdout (`troupe ... | head`) is a clean exit, not an error.
+            if err
+                .chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    let start = match &g.repo {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let (repo, repo_error) = match troupe::git::discover_root(&start) {
+        Ok(root) => (Some(root), None),
+        Err(e) if g.repo.is_some() => return Err(e.into()),
+        Err(e) => (None, Some(e.to_string())),
+    };
+
+    let loaded = Loaded::load(&Sources {
+        user_file: Some(troupe::paths::user_config_file()),
+        repo: repo.clone(),
+        explicit: g.config.clone(),
+    });
+    // `doctor` reports a broken config among its checks; every other command stops on it.
+    let (mut config, config_error) = match loaded {
+        Ok(c) => (c, None),
+        Err(e) if matches!(cli.command, Command::Doctor) => {
+            (Loaded::defaults(), Some(e.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(m) = &g.model {
+        config.apply_flag("model.chat", "--model", toml::Value::String(m.clone()))?;
+    }
+    if let Some(m) = &g.embed_model {
+        config.apply_flag(
+            "model.embed",
+            "--embed-model",
+            toml::Value::String(m.clone()),
+        )?;
+    }
+
+    let log_dir = match &repo {
+        Some(r) => troupe::paths::state_dir(r).join("logs"),
+        None => troupe::paths::cache_dir().join("logs"),
+    };
+    let _log = troupe::logging::init(verbosity, Some(&log_dir), &config.config.log.level);
+    tracing::info!(command = ?cli.command, "troupe {}", env!("CARGO_PKG_VERSION"));
+
+    let ctx = Context {
+        repo,
+        repo_error,
+        config,
+        config_error,
+        json: g.json,
+    };
+    let store = Store::default();
+    match &cli.command {
+        Command::Models(ModelsCmd::List) => commands::models_cmd::list(&ctx, &store),
+        Command::Models(ModelsCmd::Pull {
+            names,
+            source,
+            from,
+            force,
+        }) => {
+            let opts = PullOptions {
+                source: *source,
+                from: from.clone(),
+                force: *force,
+            };
+            commands::models_cmd::pull(&ctx, &store, names, &opts)
+        }
+        Command::Models(ModelsCmd::Verify { name }) => {
+            commands::models_cmd::verify(&ctx, &store, name.as_deref())
+        }
+        Command::Models(ModelsCmd::Path { name }) => commands::models_cmd::path(&ctx, &store, name),
+        Command::Config(ConfigCmd::Show) => commands::config_cmd::show(&ctx),
+        Command::Doctor => commands::doctor::run(&ctx, &store),
+    }
+}

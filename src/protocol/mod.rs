@@ -1,0 +1,269 @@
+//! The protocol between the core session and its front ends: [`Submission`]s (carrying an
+//! [`Op`]) go in, [`Event`]s (carrying an [`EventMsg`]) come out.
+//!
+//! Plain serde types and nothing else: this module depends on no other module of the crate, so
+//! every front end (terminal UI, headless, editor) and every remote client can share it. With
+//! `--json`, headless commands print exactly one [`Event`] per line on stdout ([`write_jsonl`]).
+//!
+//! Conventions: every event carries the submission id it answers and, when an agent produced it,
+//! the agent's role; lifecycle events come in `XxxBegin`/`XxxEnd` pairs matched by `call_id`;
+//! streamed text comes as `XxxDelta`. Front ends match exhaustively (no `_` arm), so a new event
+//! shows up in each of them at compile time.
+
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+
+/// A request from a front end to the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// Chosen by the front end; every event caused by this submission carries it.
+    pub id: String,
+    pub op: Op,
+}
+
+/// What a front end asks the session to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// Start a task for the writer, reviewer and tester.
+    UserTask {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_rounds: Option<u32>,
+    },
+    /// Resume a saved task from its persisted state.
+    ResumeTask { task_id: String },
+    /// Cancel the running task (all agents).
+    Interrupt,
+    /// Cancel one agent of the running task.
+    CancelAgent { agent: String },
+    /// Answer a pending approval request for a command.
+    Approval { call_id: String, approved: bool },
+    /// Search the repository index.
+    Search {
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Bring a finished task's change onto the user's branch (only when it applies cleanly).
+    ApplyTask { task_id: String },
+    /// Delete a task's worktree and branch.
+    DiscardTask { task_id: String },
+    /// Finish: cancel running work and end the event stream.
+    Shutdown,
+}
+
+/// One event from the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The submission this event answers (empty for events the session emits on its own).
+    pub id: String,
+    /// The agent role that produced it (`writer`, `reviewer`, `tester`, or a user-defined role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    pub msg: EventMsg,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// The reviewer approved and the tests pass.
+    Converged,
+    /// The round or time budget ran out first.
+    BudgetExhausted,
+    /// The user cancelled it.
+    Cancelled,
+    /// It stopped on an error (see the preceding `Error` event).
+    Failed,
+}
+
+/// Severity of a review finding, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+}
+
+/// A reviewer's finding in the fixed schema shared by agents and `troupe review`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub file: String,
+    pub start_line: u32,
+    pub end_line: u32,
+    pub severity: Severity,
+    pub category: String,
+    pub title: String,
+    pub explanation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+    /// 0.0 to 1.0.
+    pub confidence: f32,
+}
+
+/// Statistics of one model request, as the engine measured them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestStats {
+    pub queue_ms: f64,
+    pub ttft_ms: f64,
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
+    pub generated_tokens: u32,
+    pub decode_tok_s: f64,
+}
+
+/// What the session reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventMsg {
+    /// The session is ready: which model and repository it serves.
+    SessionConfigured {
+        model: String,
+        repo: String,
+    },
+    TaskStarted {
+        task_id: String,
+        text: String,
+    },
+    TaskComplete {
+        task_id: String,
+        outcome: TaskOutcome,
+        rounds: u32,
+    },
+    /// A chunk of an agent's streamed output.
+    AgentMessageDelta {
+        delta: String,
+    },
+    /// An agent's complete message, after its deltas.
+    AgentMessage {
+        text: String,
+    },
+    /// A model request finished; its measured statistics.
+    ModelRequestEnd {
+        stats: RequestStats,
+    },
+    ToolCallBegin {
+        call_id: String,
+        tool: String,
+        arguments: serde_json::Value,
+    },
+    ToolCallEnd {
+        call_id: String,
+        ok: bool,
+        output: String,
+    },
+    /// A command needs the user's approval before it runs (approval mode).
+    ApprovalRequest {
+        call_id: String,
+        command: String,
+    },
+    ExecCommandBegin {
+        call_id: String,
+        command: String,
+    },
+    ExecCommandEnd {
+        call_id: String,
+        exit_code: Option<i32>,
+        timed_out: bool,
+        output: String,
+        duration_ms: u64,
+    },
+    /// The task's current diff against its base.
+    DiffUpdated {
+        diff: String,
+    },
+    ReviewFinding {
+        finding: Finding,
+    },
+    /// Search results, as `troupe search --json` prints them.
+    SearchResults {
+        results: Vec<serde_json::Value>,
+    },
+    IndexProgress {
+        phase: String,
+        done: u64,
+        total: u64,
+    },
+    /// Engine-wide figures for status bars.
+    EngineMetrics {
+        active_sequences: u32,
+        aggregate_tok_s: f64,
+        cached_prompt_tokens: u64,
+        kv_used: u32,
+        kv_total: u32,
+    },
+    Warning {
+        message: String,
+    },
+    /// Something failed; `fix` says what the user can do about it.
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fix: Option<String>,
+    },
+    /// The session ended; no events follow.
+    ShutdownComplete,
+}
+
+/// Writes one event as a single JSON line and flushes, so a reader sees it at once.
+pub fn write_jsonl<W: Write>(out: &mut W, event: &Event) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, event)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_as_one_tagged_json_line() {
+        let event = Event {
+            id: "s1".into(),
+            agent: Some("writer".into()),
+            msg: EventMsg::AgentMessageDelta {
+                delta: "fn main() {}\n".into(),
+            },
+        };
+        let mut out = Vec::new();
+        write_jsonl(&mut out, &event).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text:?}");
+        assert!(text.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(value["msg"]["type"], "agent_message_delta");
+        assert_eq!(value["agent"], "writer");
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn submissions_round_trip_and_omit_empty_options() {
+        let sub = Submission {
+            id: "1".into(),
+            op: Op::UserTask {
+                text: "add a flag".into(),
+                max_rounds: None,
+            },
+        };
+        let json = serde_json::to_string(&sub).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"1","op":{"type":"user_task","text":"add a flag"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Submission>(&json).unwrap(), sub);
+    }
+
+    #[test]
+    fn severities_order_from_info_to_high() {
+        assert!(Severity::Info < Severity::Low);
+        assert!(Severity::Low < Severity::Medium);
+        assert!(Severity::Medium < Severity::High);
+        let s: Severity = serde_json::from_str("\"medium\"").unwrap();
+        assert_eq!(s, Severity::Medium);
+    }
+}

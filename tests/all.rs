@@ -1,0 +1,7 @@
+//! The integration tests, as one binary (it links once).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod cli;

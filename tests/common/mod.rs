@@ -1,0 +1,107 @@
+//! Shared helpers of the integration tests: running the real `troupe` binary in an isolated
+//! environment (its own cache and config directories), and fixture git repositories.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// An isolated home for one test: cache, config and a working directory.
+pub struct Env {
+    pub root: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            root: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.root.path().join("cache")
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.path().join("config")
+    }
+
+    /// Runs `troupe args...` in `cwd` with a timeout, isolated from the user's real setup.
+    pub fn troupe(&self, cwd: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("TROUPE_CACHE_DIR", self.cache())
+            .env("TROUPE_CONFIG_DIR", self.config_dir())
+            .env_remove("TROUPE_LOG");
+        run_with_timeout(cmd, Duration::from_secs(120))
+    }
+}
+
+/// Runs a command, killing it if it outlives `limit`.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    use std::io::Read;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command timed out after {limit:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_thread.join().expect("stdout thread"),
+        stderr: err_thread.join().expect("stderr thread"),
+    }
+}
+
+/// A fixture git repository with one commit, built with git2 (global config ignored).
+pub fn fixture_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = git2::Repository::init(dir.path()).expect("git init");
+    for (path, content) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&full, content).expect("write");
+    }
+    let mut index = repo.index().expect("index");
+    index
+        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+        .expect("add");
+    index.write().expect("write index");
+    let tree_id = index.write_tree().expect("tree");
+    let tree = repo.find_tree(tree_id).expect("find tree");
+    let sig = git2::Signature::now("troupe test", "test@troupe.invalid").expect("sig");
+    repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[])
+        .expect("commit");
+    dir
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
