@@ -21,8 +21,11 @@ ensure_rust() {
 
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
-    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
-        /usr/lib/aarch64-linux-gnu/libclang*.so* /usr/lib64/libclang*.so* >/dev/null 2>&1
+    local f
+    for f in /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*-linux-gnu/libclang*.so* /usr/lib64/libclang*.so*; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
 }
 
 # System packages the build and the model download need. Checked by what they provide, so a

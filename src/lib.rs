@@ -21,12 +21,15 @@
 //! only to the session and the protocol. `models` and `config` are the foundation every layer
 //! reads: the model catalog and cache, and the layered configuration.
 
+pub mod agents;
 pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod git;
+pub mod headless;
 pub mod index;
 pub mod logging;
 pub mod models;
 pub mod paths;
 pub mod protocol;
+pub mod retrieve;

@@ -57,6 +57,44 @@ enum Command {
     Config(ConfigCmd),
     /// Check what is installed, found and verified, and say how to fix the rest.
     Doctor,
+    /// Build or update the code index, with progress.
+    Index(commands::index_cmd::IndexArgs),
+    /// Search the code index (BM25, vectors, or both fused).
+    Search(commands::search_cmd::SearchArgs),
+    /// Measure retrieval quality and speed.
+    #[command(subcommand)]
+    Eval(commands::eval_cmd::EvalCmd),
+    /// Run a writer/reviewer/tester task headless (exit 0 converged, 1 not converged).
+    Run {
+        /// What to do; `-` reads it from stdin.
+        task: Option<String>,
+        /// Rounds before the task stops unconverged (default: agents.max_rounds).
+        #[arg(long, value_name = "N")]
+        max_rounds: Option<u32>,
+        /// Run every line of FILE as a task, all at once in one session (shared model).
+        #[arg(long, value_name = "FILE", conflicts_with = "task")]
+        tasks_file: Option<PathBuf>,
+        /// With --tasks-file: one task after another instead of all at once.
+        #[arg(long, requires = "tasks_file")]
+        sequential: bool,
+    },
+    /// List, inspect, resume, apply or discard tasks.
+    #[command(subcommand)]
+    Tasks(TasksCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCmd {
+    /// Every task of the repository.
+    List,
+    /// A task's state, rounds, findings and change.
+    Show { id: String },
+    /// Continue an unfinished task.
+    Resume { id: String },
+    /// Apply a task's change to your working tree (only if it applies cleanly).
+    Apply { id: String },
+    /// Delete a task's worktree and branch.
+    Discard { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,5 +226,25 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
         Command::Models(ModelsCmd::Path { name }) => commands::models_cmd::path(&ctx, &store, name),
         Command::Config(ConfigCmd::Show) => commands::config_cmd::show(&ctx),
         Command::Doctor => commands::doctor::run(&ctx, &store),
+        Command::Index(args) => commands::index_cmd::run(&ctx, &store, args),
+        Command::Search(args) => commands::search_cmd::run(&ctx, &store, args),
+        Command::Eval(cmd) => commands::eval_cmd::run(&ctx, &store, cmd),
+        Command::Run {
+            task,
+            max_rounds,
+            tasks_file,
+            sequential,
+        } => troupe::headless::run(
+            &ctx,
+            task.as_deref(),
+            *max_rounds,
+            tasks_file.as_deref(),
+            *sequential,
+        ),
+        Command::Tasks(TasksCmd::List) => troupe::headless::list(&ctx),
+        Command::Tasks(TasksCmd::Show { id }) => troupe::headless::show(&ctx, id),
+        Command::Tasks(TasksCmd::Resume { id }) => troupe::headless::resume(&ctx, id),
+        Command::Tasks(TasksCmd::Apply { id }) => troupe::headless::apply(&ctx, id),
+        Command::Tasks(TasksCmd::Discard { id }) => troupe::headless::discard(&ctx, id),
     }
 }

@@ -5,3 +5,5 @@
 mod common;
 
 mod cli;
+mod index;
+mod run;

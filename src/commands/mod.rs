@@ -4,7 +4,10 @@
 pub mod bench;
 pub mod config_cmd;
 pub mod doctor;
+pub mod eval_cmd;
+pub mod index_cmd;
 pub mod models_cmd;
+pub mod search_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -164,6 +164,7 @@ pub struct RetrieveConfig {
     pub rrf_k: f64,
     pub bm25_weight: f64,
     pub vector_weight: f64,
+    pub signal_weight: f64,
     pub context_tokens: u32,
 }
 
@@ -175,6 +176,7 @@ impl Default for RetrieveConfig {
             rrf_k: 60.0,
             bm25_weight: 1.0,
             vector_weight: 1.0,
+            signal_weight: 1.0,
             context_tokens: 3000,
         }
     }
@@ -189,6 +191,10 @@ pub struct AgentsConfig {
     pub command_timeout_secs: u64,
     pub output_limit_bytes: u64,
     pub approval: bool,
+    pub max_steps: u32,
+    pub max_tokens: u32,
+    pub time_budget_secs: u64,
+    pub roles: Vec<String>,
 }
 
 impl Default for AgentsConfig {
@@ -200,6 +206,10 @@ impl Default for AgentsConfig {
             command_timeout_secs: 300,
             output_limit_bytes: 64 * 1024,
             approval: false,
+            max_steps: 0,
+            max_tokens: 0,
+            time_budget_secs: 0,
+            roles: Vec::new(),
         }
     }
 }
@@ -309,6 +319,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "weight of the vector ranking in fusion",
     ),
     (
+        "retrieve.signal_weight",
+        "weight of query words naming a result's file or symbol, in first-rank fusion units (0: off)",
+    ),
+    (
         "retrieve.context_tokens",
         "token budget for repository context packed into a prompt",
     ),
@@ -335,6 +349,22 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "agents.approval",
         "ask the user before running any command an agent proposes",
+    ),
+    (
+        "agents.max_steps",
+        "model calls (one tool call each) per agent turn; 0 uses each role's max_steps",
+    ),
+    (
+        "agents.max_tokens",
+        "tokens per model call of an agent; 0 uses each role's max_tokens",
+    ),
+    (
+        "agents.time_budget_secs",
+        "wall-clock budget of one run of a task in seconds; 0 means rounds are the only budget",
+    ),
+    (
+        "agents.roles",
+        "names of the roles that take part (e.g. [\"writer\"] for the writer alone); empty: every role",
     ),
     (
         "review.fail_on",
@@ -393,6 +423,9 @@ impl Config {
         }
         if self.retrieve.bm25_weight < 0.0 {
             out.push(("retrieve.bm25_weight", "must not be negative".to_string()));
+        }
+        if self.retrieve.signal_weight < 0.0 {
+            out.push(("retrieve.signal_weight", "must not be negative".to_string()));
         }
         if self.retrieve.vector_weight < 0.0 {
             out.push(("retrieve.vector_weight", "must not be negative".to_string()));

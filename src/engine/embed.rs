@@ -26,6 +26,9 @@ use super::{Error, Result};
 /// The most sequences (texts) packed into one decode call.
 const MAX_SEQS_PER_DECODE: usize = 64;
 
+/// `LLAMA_FLASH_ATTN_TYPE_DISABLED` (llama.h); `llama_cpp_sys_2` is not a direct dependency.
+const FLASH_ATTN_DISABLED: i32 = 0;
+
 /// A loaded GGUF embedding model.
 pub struct Embedder {
     model: LlamaModel,
@@ -62,9 +65,9 @@ impl Embedder {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        let not_embedding = |reason: String| Error::ModelLoad {
+        let not_embedding = |reason: String| Error::NotEmbeddingModel {
             path: path.to_path_buf(),
-            reason: format!("{reason}; it is not an embedding model (use e.g. all-minilm-l6-v2)"),
+            reason,
         };
         // llama.cpp pools only when the model says how; without it there is no one vector per text.
         let arch = model
@@ -75,8 +78,16 @@ impl Embedder {
             .as_deref()
         {
             Ok("1" | "2" | "3") => {}
-            Ok(other) => return Err(not_embedding(format!("{arch}.pooling_type is {other}"))),
-            Err(_) => return Err(not_embedding(format!("{arch}.pooling_type is not set"))),
+            Ok(other) => {
+                return Err(not_embedding(format!(
+                    "{arch}.pooling_type is {other}, not mean, cls or last"
+                )));
+            }
+            Err(_) => {
+                return Err(not_embedding(format!(
+                    "its metadata sets no {arch}.pooling_type"
+                )));
+            }
         }
         let dim = usize::try_from(model.n_embd_out())
             .ok()
@@ -159,10 +170,10 @@ impl Embedder {
             })?;
             for seq_id in 0..(next - first) {
                 let v = ctx.embeddings_seq_ith(seq_id as i32).map_err(|e| {
-                    Error::Llama(format!(
-                        "no pooled embedding from {} ({e}); is it an embedding model?",
-                        self.path.display()
-                    ))
+                    Error::NotEmbeddingModel {
+                        path: self.path.clone(),
+                        reason: format!("llama.cpp returned no pooled embedding: {e}"),
+                    }
                 })?;
                 out.push(l2_normalised(v));
             }
@@ -216,6 +227,11 @@ impl Embedder {
             // Every sequence may use the whole context; there is no KV cache to split anyway.
             .with_kv_unified(true)
             .with_embeddings(true)
+            // Packing texts into one decode changes which kernels llama.cpp picks, so a text's
+            // vector depends slightly on its batch mates. Flash attention widens that (cosine to
+            // the text embedded alone down to ~0.9995, against ~0.9999 without) at the same
+            // accuracy; a 512-token micro-batch fits comfortably without it.
+            .with_flash_attention_policy(FLASH_ATTN_DISABLED)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads);
         let backend = super::backend()?;
@@ -263,7 +279,6 @@ mod tests {
             "Retrieval-augmented generation pairs a naïve café-quality index with BM25 ranking."
                 .to_string(),
             format!("fn checksums(buffer: &[u8]) {{\n{long_code}}}"),
-            String::new(),
         ]
     }
 
@@ -351,26 +366,22 @@ mod tests {
             "{} failed ({status}): {stderr}",
             script.display()
         );
-        Ok(serde_json::from_str(&stdout)
-            .with_context(|| format!("reference script printed invalid JSON: {stdout:.200}"))?)
+        serde_json::from_str(&stdout)
+            .with_context(|| format!("reference script printed invalid JSON: {stdout:.200}"))
     }
 
-    /// Converts the MiniLM checkpoint into `dir`; `None` if the checkpoint is not available.
-    fn converted_minilm(dir: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
-        let Some(src) = minilm_dir()? else {
-            return Ok(None);
-        };
+    /// Converts the MiniLM checkpoint into `dir`.
+    fn converted_minilm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let src = minilm_dir()?;
         let gguf = dir.join("all-minilm-l6-v2.q8_0.gguf");
         convert_bert_checkpoint(&src, &gguf).context("converting all-MiniLM-L6-v2")?;
-        Ok(Some((src, gguf)))
+        Ok((src, gguf))
     }
 
     #[test]
     fn converted_minilm_matches_numpy_reference() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
-        let Some((src, gguf)) = converted_minilm(tmp.path())? else {
-            return Ok(());
-        };
+        let (src, gguf) = converted_minilm(tmp.path())?;
         let mut embedder = Embedder::load(&gguf, 2)?;
         ensure!(embedder.dim() == 384, "dim {}", embedder.dim());
         ensure!(
@@ -397,7 +408,7 @@ mod tests {
             ensure!(
                 cos > 0.999,
                 "text {i} ({:?}...): cosine {cos}",
-                &texts[i].get(..40)
+                texts[i].chars().take(40).collect::<String>()
             );
         }
         Ok(())
@@ -405,26 +416,35 @@ mod tests {
 
     #[test]
     fn batched_embedding_matches_one_at_a_time() -> anyhow::Result<()> {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_test_writer()
-            .try_init(); // DEBUG-TEMP
         let tmp = tempfile::tempdir()?;
-        let Some((_, gguf)) = converted_minilm(tmp.path())? else {
-            return Ok(());
-        };
+        let (_, gguf) = converted_minilm(tmp.path())?;
         let mut embedder = Embedder::load(&gguf, 2)?;
-        let texts = sample_texts();
+        // The samples, an empty text, and more short texts than fit one decode call.
+        let mut texts = sample_texts();
+        texts.push(String::new());
+        texts.extend((0..70).map(|i| format!("item {i}: parse line {} of the config", i * 7)));
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let batched = embedder.embed(&refs)?;
+        ensure!(batched.len() == texts.len());
         for (i, text) in refs.iter().enumerate() {
             let single = embedder.embed(&[text])?;
+            // Not bit for bit: llama.cpp picks its matrix kernels by batch size, and they differ
+            // at the level of q8_0 quantisation noise (worst seen: cosine 0.99989). Mixing up
+            // sequences or positions would give cosines far below this bound.
             let cos = cosine(&single[0], &batched[i]);
-            // Packing changes only the order of float additions, not the maths.
-            ensure!(cos > 0.99999, "text {i}: batched vs single cosine {cos}");
+            ensure!(cos > 0.9995, "text {i}: batched vs single cosine {cos}");
         }
         ensure!(embedder.embed(&[])?.is_empty());
         Ok(())
+    }
+
+    #[test]
+    fn chat_model_is_rejected_as_embedding_model() {
+        let path = crate::engine::testutil::test_model();
+        match Embedder::load(&path, 1) {
+            Err(Error::NotEmbeddingModel { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("expected NotEmbeddingModel, got {other:?}"),
+        }
     }
 
     #[test]

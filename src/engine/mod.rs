@@ -64,6 +64,17 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The model loads but cannot produce one vector per text (e.g. a chat model given as the
+    /// embedding model).
+    #[error(
+        "model {path} is not an embedding model ({reason}); pass an embedding model such as all-minilm-l6-v2 (`--embed-model`)"
+    )]
+    NotEmbeddingModel {
+        /// The model file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
     /// llama.cpp could not be initialised.
     #[error("llama.cpp backend failed to initialise: {0}")]
     Backend(String),

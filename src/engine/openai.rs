@@ -266,9 +266,7 @@ impl OpenAiBackend {
         if cancelled.load(Ordering::Relaxed) {
             finish = Some(FinishReason::Cancelled);
         }
-        let since =
-            |t: Option<Instant>| t.map_or(0.0, |t| t.duration_since(start).as_secs_f64() * 1000.0);
-        stats.ttft_ms = since(first);
+        stats.ttft_ms = first.map_or(0.0, |t| t.duration_since(start).as_secs_f64() * 1000.0);
         stats.total_ms = start.elapsed().as_secs_f64() * 1000.0;
         if stats.generated_tokens == 0 {
             stats.generated_tokens = chunks;

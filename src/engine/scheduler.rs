@@ -664,6 +664,27 @@ mod tests {
     }
 
     #[test]
+    fn two_followers_of_a_finished_request_both_reuse_its_prefix() {
+        let mut s = Scheduler::new(cfg());
+        let mut kv = Recorder::default();
+        let shared: Vec<i32> = (1000..2500).collect();
+        let with = |suffix: [i32; 3]| {
+            let mut t = shared.clone();
+            t.extend_from_slice(&suffix);
+            toks(t)
+        };
+        s.enqueue(pending(1, with([1, 2, 3]), 4));
+        assert_eq!(prefill_all(&mut s, &mut kv), 1503);
+        s.finish(0, &mut kv);
+        s.enqueue(pending(2, with([4, 5, 6]), 4));
+        s.enqueue(pending(3, with([7, 8, 9]), 4));
+        let admitted = s.admit(&mut kv);
+        assert_eq!(admitted.len(), 2);
+        assert!(admitted.iter().all(|a| a.cached == 1500), "{admitted:?}");
+        assert_eq!(prefill_all(&mut s, &mut kv), 6);
+    }
+
+    #[test]
     fn identical_prompt_recomputes_only_its_last_token() {
         let mut s = Scheduler::new(cfg());
         let mut kv = Recorder::default();

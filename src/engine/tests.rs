@@ -41,8 +41,19 @@ async fn greedy_output_is_deterministic() {
     assert_eq!(a.tokens, c.tokens);
 }
 
+/// Greedy outputs of the same prompt decoded alone and inside a batch of 4 are compared token by
+/// token. llama.cpp's CPU kernels do not promise bit-identical logits across batch shapes: the
+/// batch changes the matrix shapes (prefill of 4 prompts at once, 4 rows per decode step) and,
+/// in the shared KV cache, where each sequence's cells sit, so float sums are taken in a different
+/// order. Where two candidate tokens are almost tied, that rounding can flip the argmax. So the
+/// test accepts a divergence only where it measures such a near tie: at the first differing
+/// position it recomputes the logits in a plain single-sequence llama.cpp context and requires the
+/// two candidates to be within `NEAR_TIE` of each other (a real scheduling bug, such as a wrong
+/// position or a KV range from another sequence, gives unrelated tokens with large gaps, and
+/// typically from the first token on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_decode_matches_sequential() {
+    const NEAR_TIE: f32 = 0.25;
     let mut opts = small_options(4, 512);
     opts.prefix_cache = false;
     let engine = start(opts).await;
@@ -74,12 +85,62 @@ async fn batched_decode_matches_sequential() {
         engine.metrics().max_batch_tokens >= 4,
         "the 4 requests shared batches"
     );
+    let mut identical = 0;
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(
-            a, b,
-            "request {i}: decoded alone and in a batch of 4 must give the same greedy tokens"
+        if a == b {
+            identical += 1;
+            continue;
+        }
+        let d = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        assert!(
+            d < a.len().min(b.len()),
+            "request {i}: one output is a prefix of the other"
+        );
+        let prompt = engine.tokenize(
+            &engine
+                .render_chat(&[
+                    ChatMessage::system("You are a helpful assistant."),
+                    ChatMessage::user(prompts[i]),
+                ])
+                .expect("template"),
+        );
+        let gap = reference_logit_gap(&[prompt, a[..d].to_vec()].concat(), a[d], b[d]);
+        eprintln!(
+            "request {i}: alone and batched agree on {d} of {} tokens; at the divergence the two \
+             candidates are {gap:.4} logits apart (near tie)",
+            a.len()
+        );
+        assert!(
+            gap < NEAR_TIE,
+            "request {i} diverges at token {d} where the candidates are {gap} logits apart: not a \
+             rounding effect\nalone:   {a:?}\nbatched: {b:?}"
         );
     }
+    eprintln!("{identical} of 4 requests identical alone and batched");
+}
+
+/// |logit(a) - logit(b)| after `tokens`, from a plain single-sequence llama.cpp context.
+fn reference_logit_gap(tokens: &[i32], a: i32, b: i32) -> f32 {
+    use llama_cpp_2::context::params::LlamaContextParams;
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    use llama_cpp_2::model::LlamaModel;
+    use llama_cpp_2::model::params::LlamaModelParams;
+    use llama_cpp_2::token::LlamaToken;
+
+    let backend = backend().expect("backend");
+    let model = LlamaModel::load_from_file(backend, test_model(), &LlamaModelParams::default())
+        .expect("model");
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(512))
+        .with_n_threads(2)
+        .with_n_threads_batch(2);
+    let mut ctx = model.new_context(backend, params).expect("context");
+    let toks: Vec<LlamaToken> = tokens.iter().map(|&t| LlamaToken(t)).collect();
+    let mut batch = LlamaBatch::new(512, 1);
+    batch.add_sequence(&toks, 0, false).expect("batch");
+    ctx.decode(&mut batch).expect("decode");
+    let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
+    (logits[a as usize] - logits[b as usize]).abs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,8 @@ pub struct EngineOptions {
     pub prefix_cache: bool,
     /// Hold a new request for a running prefill only if that saves at least this many tokens.
     pub prefix_wait_min_tokens: usize,
+    /// Flash attention: `None` lets llama.cpp decide (on when the device supports it).
+    pub flash_attention: Option<bool>,
 }
 
 impl EngineOptions {
@@ -77,6 +79,7 @@ impl EngineOptions {
             n_gpu_layers: None,
             prefix_cache: true,
             prefix_wait_min_tokens: 32,
+            flash_attention: None,
         }
     }
 }
@@ -249,6 +252,7 @@ impl Engine {
             n_slots,
             step_tokens,
             n_threads,
+            flash_attention: options.flash_attention,
             cfg: SchedulerConfig {
                 n_parallel,
                 n_slots,
@@ -525,6 +529,7 @@ struct ThreadSetup {
     n_slots: usize,
     step_tokens: u32,
     n_threads: i32,
+    flash_attention: Option<bool>,
     cfg: SchedulerConfig,
     metrics: Arc<Mutex<EngineMetrics>>,
 }
@@ -572,7 +577,13 @@ fn engine_thread(
         .with_n_seq_max(setup.n_slots as u32)
         .with_kv_unified(true)
         .with_n_threads(setup.n_threads)
-        .with_n_threads_batch(setup.n_threads);
+        .with_n_threads_batch(setup.n_threads)
+        // llama.cpp's enum: -1 auto, 0 disabled, 1 enabled.
+        .with_flash_attention_policy(match setup.flash_attention {
+            None => -1,
+            Some(false) => 0,
+            Some(true) => 1,
+        });
     let model = Arc::clone(&setup.model);
     let mut ctx = match model.new_context(backend, params) {
         Ok(ctx) => ctx,
@@ -768,6 +779,7 @@ impl Loop<'_> {
                     ..RequestStats::default()
                 };
                 self.counters.requests_finished += 1;
+                self.publish();
                 let _ = p.payload.tx.send(Ok(GenerateEvent::Done {
                     stats,
                     finish_reason: FinishReason::Cancelled,
@@ -869,6 +881,8 @@ impl Loop<'_> {
 
     fn send_done(&mut self, a: Box<Active<Job>>, reason: FinishReason) {
         self.counters.requests_finished += 1;
+        // Metrics first: whoever sees the final event also sees the freed sequence.
+        self.publish();
         let stats = stats_of(&a);
         let _ = a.payload.tx.send(Ok(GenerateEvent::Done {
             stats,

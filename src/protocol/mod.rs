@@ -172,6 +172,29 @@ pub enum EventMsg {
         output: String,
         duration_ms: u64,
     },
+    /// A round ended: the reviewers' verdict, the test result (`None`: no test command),
+    /// whether the new tests fail before the change, and the commit recording the round.
+    RoundComplete {
+        task_id: String,
+        round: u32,
+        approved: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tests_passed: Option<bool>,
+        /// Whether the testers' new tests fail on the base commit, as tests of a behaviour
+        /// change must (`None`: no new tests this round).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tests_fail_before: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+    /// A task's change was applied to the user's working tree (on request).
+    TaskApplied {
+        task_id: String,
+    },
+    /// A task's worktree and branch were deleted (on request).
+    TaskDiscarded {
+        task_id: String,
+    },
     /// The task's current diff against its base.
     DiffUpdated {
         diff: String,

