@@ -11,6 +11,10 @@ say "fetching the default models (already verified ones are skipped)"
 "$troupe" models pull >/dev/null
 
 if [ $# -eq 0 ]; then
-    set -- doctor
+    # The main job until the terminal UI lands: index the repository, then answer a question
+    # about it from its code.
+    say "indexing $(pwd) (only what changed since the last run)"
+    "$troupe" index
+    set -- ask "What does this repository do, and how is its code organised? Name the main files."
 fi
 exec "$troupe" "$@"

@@ -24,6 +24,7 @@
 pub mod agents;
 pub mod commands;
 pub mod config;
+pub mod editor;
 pub mod engine;
 pub mod git;
 pub mod headless;

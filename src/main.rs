@@ -64,6 +64,20 @@ enum Command {
     /// Measure retrieval quality and speed.
     #[command(subcommand)]
     Eval(commands::eval_cmd::EvalCmd),
+    /// Answer a question about the repository from its code, citing the code it used.
+    Ask {
+        /// The question; `-` reads it from stdin.
+        question: String,
+        /// A file the question is about (relative to the repository root).
+        #[arg(long, value_name = "F")]
+        file: Option<String>,
+        /// A line of --file the question is about (the lines around it are shown).
+        #[arg(long, value_name = "L", conflicts_with = "range")]
+        line: Option<u32>,
+        /// Lines A to B of --file (1-based, inclusive).
+        #[arg(long, value_name = "A:B")]
+        range: Option<String>,
+    },
     /// Run a writer/reviewer/tester task headless (exit 0 converged, 1 not converged).
     Run {
         /// What to do; `-` reads it from stdin.
@@ -229,6 +243,20 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
         Command::Index(args) => commands::index_cmd::run(&ctx, &store, args),
         Command::Search(args) => commands::search_cmd::run(&ctx, &store, args),
         Command::Eval(cmd) => commands::eval_cmd::run(&ctx, &store, cmd),
+        Command::Ask {
+            question,
+            file,
+            line,
+            range,
+        } => troupe::editor::ask(
+            &ctx,
+            question,
+            &troupe::editor::Location {
+                file: file.clone(),
+                line: *line,
+                range: range.clone(),
+            },
+        ),
         Command::Run {
             task,
             max_rounds,

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod ask;
 mod cli;
 mod index;
 mod run;

@@ -7,31 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, fixture_repo, run_with_timeout, stderr, stdout};
-
-/// The tiny chat model: `TROUPE_TEST_MODEL`, else the user cache. Fails (never skips) with the
-/// fix when it is missing.
-fn test_model() -> PathBuf {
-    let path = std::env::var_os("TROUPE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/troupe/models/smollm2-135m-instruct.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "test model {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_TEST_MODEL",
-        path.display()
-    );
-    path
-}
-
-/// The model tests run one at a time: each starts an engine on the same two cores.
-static MODEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn model_lock() -> std::sync::MutexGuard<'static, ()> {
-    MODEL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::common::{Env, fixture_repo, model_lock, run_with_timeout, stderr, stdout, test_model};
 
 /// A config file (outside the repository) with a small, fast budget.
 fn small_config(env: &Env, max_rounds: u32, max_steps: u32, max_tokens: u32) -> PathBuf {
@@ -100,7 +76,7 @@ fn run_ends_cleanly_with_one_json_event_per_line_and_leaves_the_user_tree_alone(
     let env = Env::new();
     let repo = calc_repo();
     let before = user_state(repo.path());
-    let config = small_config(&env, 1, 2, 48);
+    let config = small_config(&env, 1, 2, 32);
     let model = test_model();
     let out = env.troupe(
         repo.path(),

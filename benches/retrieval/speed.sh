@@ -5,13 +5,13 @@
 set -euo pipefail
 bin=$1; shift
 for repo in "$@"; do
-    lines=$(git -C "$repo" ls-files -z | xargs -0 cat 2>/dev/null | wc -l)
+    lines=$(cd "$repo" && git ls-files -z | xargs -0 cat 2>/dev/null | wc -l)
     rm -rf "$repo/.troupe"
     start=$(date +%s.%N)
     out=$("$bin" --repo "$repo" index --no-vectors --json)
     end=$(date +%s.%N)
     size=$(du -sk "$repo/.troupe/index" | cut -f1)
-    echo "$repo lines=$lines cold_wall_s=$(echo "$end - $start" | bc) index_kb=$size $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"files={d["files"]} chunks={d["chunks"]} update_s={d["seconds"]:.2f}")')"
+    echo "$repo lines=$lines cold_wall_s=$(echo "$end - $start" | bc) index_kb=$size $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("files=%d chunks=%d update_s=%.2f" % (d["files"], d["chunks"], d["seconds"]))')"
     # Nothing changed.
     start=$(date +%s.%N); "$bin" --repo "$repo" index --no-vectors --json >/dev/null; end=$(date +%s.%N)
     echo "$repo noop_wall_s=$(echo "$end - $start" | bc)"

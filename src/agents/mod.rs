@@ -26,6 +26,7 @@
 //! [`crate::protocol::TaskOutcome::Cancelled`] and is not an error; a broken invariant is
 //! [`Error::Invariant`].
 
+pub mod ask;
 pub mod context;
 pub mod edit;
 pub mod exec;

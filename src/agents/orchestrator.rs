@@ -149,6 +149,11 @@ impl Emitter {
         let _ = self.tx.send(event);
     }
 
+    /// Resolves when the task is cancelled.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
     /// A fresh call id, unique within the task.
     pub fn next_call_id(&self) -> String {
         format!("call-{}", self.calls.fetch_add(1, Ordering::Relaxed))
@@ -440,7 +445,6 @@ impl Runner<'_> {
             search: Arc::clone(&env.search),
             approval: env.config.approval,
         };
-        let mut example_path = None;
         let system = {
             let repo = crate::git::Repo::open(&env.repo_root)?;
             let instructions = context::instruction_files(&repo, &record.base);
@@ -456,7 +460,6 @@ impl Runner<'_> {
                 env.search.as_ref(),
                 budget,
             );
-            example_path = shown.first().map(|(p, _)| p.clone());
             context::system_prompt(
                 roles,
                 &name,
@@ -493,7 +496,7 @@ impl Runner<'_> {
                     round => round,
                     feedback => record.feedback,
                     test_command => test_command.clone().unwrap_or_default(),
-                    tools => tool_usages(&writer, example_path.as_deref()),
+                    tools => tool_usages(&writer),
                     diff => "",
                 },
             )?;
@@ -534,7 +537,9 @@ impl Runner<'_> {
             }
 
             // 2. Reviewers and testers at the same time, on the shared engine.
-            let shown_diff = tools::clip(&diff, 8_000);
+            // At most about a quarter of a sequence's context; the rest is a `diff` call away.
+            let diff_budget = (env.limits.ctx_tokens.max(512) as usize * 3 / 4).min(8_000);
+            let shown_diff = tools::clip(&diff, diff_budget);
             let mut turns = Vec::new();
             for role in reviewers.iter().chain(testers.iter()) {
                 let prompt = roles.render(
@@ -544,7 +549,7 @@ impl Runner<'_> {
                         diff => shown_diff,
                         feedback => "",
                         test_command => test_command.clone().unwrap_or_default(),
-                        tools => tool_usages(role, example_path.as_deref()),
+                        tools => tool_usages(role),
                     },
                 )?;
                 turns.push(self.agent_turn_owned(
@@ -606,6 +611,13 @@ impl Runner<'_> {
             //    behaviour change must fail there.
             let after_testers = head_of(&record.worktree);
             let agent = testers.first().map_or("tester", |t| t.name.as_str());
+            // The user's own configured command, run by troupe rather than proposed by an agent:
+            // no approval asked.
+            let own = Toolbox {
+                approval: false,
+                ..toolbox.clone()
+            };
+            let toolbox = &own;
             let (tests_passed, fail_before) = match toolbox.exec.test_argv() {
                 Some(argv) => {
                     let display = test_command.clone().unwrap_or_default();
@@ -926,19 +938,11 @@ impl Runner<'_> {
     }
 }
 
-/// `{name, usage}` of each tool of a role, for its prompt; examples name a real file of the
-/// task (small models copy example paths verbatim).
-fn tool_usages(role: &RoleSpec, example_path: Option<&str>) -> Vec<minijinja::Value> {
+/// `{name, usage}` of each tool of a role, for its prompt.
+fn tool_usages(role: &RoleSpec) -> Vec<minijinja::Value> {
     role.tools
         .iter()
-        .map(|t| {
-            let usage = tools::usage(t);
-            let usage = match example_path {
-                Some(p) => usage.replace("src/a.py", p),
-                None => usage.to_string(),
-            };
-            minijinja::context! { name => t, usage => usage }
-        })
+        .map(|t| minijinja::context! { name => t, usage => tools::usage(t) })
         .collect()
 }
 
@@ -1025,7 +1029,7 @@ fn head_of(worktree: &std::path::Path) -> Option<String> {
     Some(oid.to_string())
 }
 
-fn convert_stats(s: &crate::engine::RequestStats) -> RequestStats {
+pub(crate) fn convert_stats(s: &crate::engine::RequestStats) -> RequestStats {
     let c = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     RequestStats {
         queue_ms: s.queue_ms,

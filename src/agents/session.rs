@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::ask;
 use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart, run_task};
 use super::roles::Roles;
 use super::search::{CodeSearch, IndexedSearch};
@@ -52,6 +53,9 @@ impl SessionOptions {
         }
     }
 }
+
+/// Tokens of a one-shot answer at most.
+const ASK_MAX_TOKENS: u32 = 768;
 
 /// A running session: submit ops, read events.
 pub struct Session {
@@ -122,7 +126,13 @@ impl Session {
                 crate::retrieve::Params::from_config(&options.config.retrieve),
             )) as Arc<dyn CodeSearch>,
         };
-        tokio::spawn(core(env, model, sub_rx, ev_tx));
+        // Excerpts for one-shot questions: the configured budget, within one sequence's context
+        // after the answer and the prompt's own text.
+        let ctx = options.config.engine.ctx_per_seq as usize;
+        let ask_budget = (options.config.retrieve.context_tokens as usize)
+            .min(ctx.saturating_sub(ASK_MAX_TOKENS as usize + 256))
+            .max(256);
+        tokio::spawn(core(env, model, ask_budget, sub_rx, ev_tx));
         Session {
             tx: sub_tx,
             rx: ev_rx,
@@ -144,6 +154,7 @@ impl Session {
 async fn core(
     env: TaskEnv,
     model: String,
+    ask_budget: usize,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -244,6 +255,35 @@ async fn core(
                 Ok(_) => send(&id, EventMsg::TaskDiscarded { task_id }),
                 Err(e) => send(&id, error_event(&e)),
             },
+            Op::Ask {
+                question,
+                file,
+                range,
+            } => {
+                let ask_env = ask::AskEnv {
+                    backend: Arc::clone(&env.backend),
+                    search: Arc::clone(&env.search),
+                    repo_root: env.repo_root.clone(),
+                    context_tokens: ask_budget,
+                    max_tokens: ASK_MAX_TOKENS,
+                };
+                let events = events.clone();
+                tasks.spawn(async move {
+                    let emit = move |msg: EventMsg| {
+                        let _ = events.send(Event {
+                            id: id.clone(),
+                            agent: Some(ask::AGENT.to_string()),
+                            msg,
+                        });
+                    };
+                    let q = ask::Question {
+                        text: question,
+                        file,
+                        range,
+                    };
+                    ask::answer(&ask_env, q, &emit).await;
+                });
+            }
             Op::Shutdown => {
                 shutdown_id = id;
                 break;

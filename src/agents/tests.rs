@@ -315,7 +315,7 @@ async fn malformed_calls_failed_edits_and_escaping_paths_go_back_to_the_model() 
         (
             "tester",
             &[
-                r#"{"tool": "edit", "path": "test_calc.py", "search": "", "replace": "\n\nclass TestAddMore(unittest.TestCase):\n    def test_two(self):\n        self.assertEqual(add(1, 1), 2)\n"}"#,
+                r#"{"tool": "edit", "path": "test_calc.py", "search": "", "replace": "import unittest\n\nfrom calc import add\n\n\nclass TestAddMore(unittest.TestCase):\n    def test_two(self):\n        self.assertEqual(add(1, 1), 2)\n"}"#,
             ],
         ),
         (
@@ -617,14 +617,31 @@ async fn an_interrupt_cancels_the_task_cleanly() {
     assert_eq!(record.status, TaskStatus::Cancelled);
 }
 
+/// The tiny chat model (SmolLM2-135M): `TROUPE_TEST_MODEL`, else the user cache. Fails (never
+/// skips) with the fix when it is missing.
+fn tiny_model() -> std::path::PathBuf {
+    let path = std::env::var_os("TROUPE_TEST_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::paths::models_dir().join("smollm2-135m-instruct.gguf"));
+    assert!(
+        path.is_file(),
+        "test model {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_TEST_MODEL",
+        path.display()
+    );
+    path
+}
+
 /// The real tiny model, end to end: the writer, then the reviewer and tester concurrently on one
 /// engine, with a small budget. The model writes poor code; what is checked is the machinery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tiny_model_runs_a_task_to_a_clean_end_in_a_worktree() {
     let dir = calc_repo();
     let before = user_state(dir.path());
-    let engine =
-        crate::engine::testutil::start(crate::engine::testutil::small_options(4, 2048)).await;
+    let mut options = crate::engine::EngineOptions::new(tiny_model());
+    options.n_parallel = 4;
+    options.ctx_per_seq = 2048;
+    options.n_threads = Some(2);
+    let engine = crate::engine::testutil::start(options).await;
     let mut c = config("python3 -m unittest -q", 1);
     c.agents.max_steps = 2;
     c.agents.max_tokens = 48;
@@ -675,4 +692,72 @@ async fn the_tiny_model_runs_a_task_to_a_clean_end_in_a_worktree() {
     );
     assert_eq!(record.branch, format!("troupe/{id}"));
     assert_eq!(user_state(dir.path()), before);
+}
+
+#[tokio::test]
+async fn a_command_the_user_does_not_approve_is_denied_and_the_writer_alone_converges() {
+    let dir = calc_repo();
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            r#"{"tool": "run_tests"}"#,
+            r#"{"tool": "edit", "path": "calc.py", "search": "a - b", "replace": "a + b"}"#,
+        ],
+    )]);
+    let mut c = config("python3 -m unittest -q", 1);
+    c.agents.approval = true;
+    c.agents.roles = vec!["writer".into()];
+    let mut s = session(backend.clone(), dir.path(), c);
+    s.submit(Submission {
+        id: "s1".into(),
+        op: Op::UserTask {
+            text: "fix add".into(),
+            max_rounds: None,
+        },
+    })
+    .unwrap();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = tokio::time::timeout_at(deadline, s.next_event())
+            .await
+            .expect("the task ends")
+            .unwrap();
+        match &e.msg {
+            // Deny the writer's test run (troupe's own run of the tests asks nobody).
+            EventMsg::ApprovalRequest { call_id, .. } => s
+                .submit(Submission {
+                    id: "a".into(),
+                    op: Op::Approval {
+                        call_id: call_id.clone(),
+                        approved: false,
+                    },
+                })
+                .unwrap(),
+            EventMsg::TaskComplete { .. } => s
+                .submit(Submission {
+                    id: "bye".into(),
+                    op: Op::Shutdown,
+                })
+                .unwrap(),
+            _ => {}
+        }
+        let end = matches!(e.msg, EventMsg::ShutdownComplete);
+        events.push(e);
+        if end {
+            break;
+        }
+    }
+    // No reviewer or tester took part: approval is not asked for, the tests decide.
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.agent.as_deref(), Some("reviewer")))
+    );
+    let writer = tool_ends(&events, "writer");
+    assert!(
+        writer[0].1.starts_with("DENIED: the user did not approve"),
+        "{writer:?}"
+    );
 }

@@ -31,26 +31,27 @@ pub const TOOL_NAMES: &[&str] = &[
     "review",
 ];
 
-/// How each tool is called, as the prompts show it.
+/// How each tool is called, as the prompts show it: the shape of the call with `<...>` where a
+/// value goes (small models copy example values verbatim, so there are none).
 pub fn usage(tool: &str) -> &'static str {
     match tool {
-        "search" => r#"{"tool": "search", "query": "words to look for"}: find code"#,
+        "search" => r#"{"tool": "search", "query": <words>}: find code in the repository"#,
         "read_file" => {
-            r#"{"tool": "read_file", "path": "src/a.py", "start_line": 1, "end_line": 80}: read a file (lines optional)"#
+            r#"{"tool": "read_file", "path": <file>, "start_line": <n>, "end_line": <m>}: read a file (the lines are optional)"#
         }
-        "list_files" => r#"{"tool": "list_files", "dir": "src"}: list files (dir optional)"#,
+        "list_files" => r#"{"tool": "list_files", "dir": <folder>}: list files (dir optional)"#,
         "symbols" => {
-            r#"{"tool": "symbols", "path": "src/a.py"}: functions and classes with their lines (path optional)"#
+            r#"{"tool": "symbols", "path": <file>}: functions and classes with their lines (path optional)"#
         }
         "edit" => {
-            r#"{"tool": "edit", "path": "src/a.py", "search": "exact old lines\n", "replace": "new lines\n"}: change a file"#
+            r#"{"tool": "edit", "path": <file>, "search": <lines copied exactly from the file>, "replace": <the new lines>}: change a file; with "search": "" the replace text becomes the whole file (new or rewritten)"#
         }
         "run_tests" => r#"{"tool": "run_tests"}: run the test suite"#,
-        "run" => r#"{"tool": "run", "command": "program args"}: run an allowed command"#,
+        "run" => r#"{"tool": "run", "command": <program and arguments>}: run an allowed command"#,
         "diff" => r#"{"tool": "diff"}: show the change so far"#,
-        "done" => r#"{"tool": "done", "summary": "what you did"}: end your turn"#,
+        "done" => r#"{"tool": "done", "summary": <one line>}: end your turn"#,
         "review" => {
-            r#"{"tool": "review", "verdict": "approve", "findings": []}: end the review; findings: {"file", "start_line", "end_line", "severity", "category", "title", "explanation", "suggestion", "confidence"}"#
+            r#"{"tool": "review", "verdict": "approve" or "request_changes", "findings": [<finding>, ...]}: end the review; a finding is {"file", "start_line", "end_line", "severity", "category", "title", "explanation", "suggestion", "confidence"}"#
         }
         _ => "",
     }
@@ -102,7 +103,7 @@ pub enum ToolCall {
     Edit {
         /// Relative path.
         path: String,
-        /// Exact text to replace; empty creates or appends.
+        /// Exact text to replace; empty writes the whole file.
         search: String,
         /// The new text.
         replace: String,
@@ -358,11 +359,18 @@ impl Toolbox {
                 command: display.clone(),
             },
         );
-        let result = self.exec.run(&argv, &self.root).await;
+        // A cancelled task does not wait for its command: dropping the run kills its group.
+        let result = tokio::select! {
+            r = self.exec.run(&argv, &self.root) => r,
+            _ = emitter.cancelled() => Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled; the command was killed",
+            )),
+        };
         let out = match result {
             Ok(out) => out,
             Err(e) => {
-                let msg = format!("could not start `{display}`: {e}");
+                let msg = format!("could not run `{display}`: {e}");
                 emitter.emit(
                     Some(agent),
                     EventMsg::ExecCommandEnd {

@@ -53,6 +53,10 @@ pub struct RetrievalArgs {
     /// Also measure BM25 over whole files (one document per file) as a baseline.
     #[arg(long)]
     pub whole_file_baseline: bool,
+    /// Grid-search the fusion parameters (rrf_k, vector and signal weights, file decay) on
+    /// rankings computed once per case, and print the best settings.
+    #[arg(long)]
+    pub tune: bool,
     /// Evaluate only the first N cases.
     #[arg(long)]
     pub max_cases: Option<usize>,
@@ -100,6 +104,9 @@ fn retrieval(ctx: &Context, store: &Store, args: &RetrievalArgs) -> anyhow::Resu
     ks.sort_unstable();
     ks.dedup();
     let depth = ks.last().copied().unwrap_or(10).max(10);
+    if args.tune {
+        return tune(ctx, store, &root, &cases);
+    }
     let mut modes: Vec<(SearchMode, bool)> = if args.modes.is_empty() {
         vec![(ctx.config.config.retrieve.mode, false)]
     } else {
@@ -206,6 +213,89 @@ fn retrieval(ctx: &Context, store: &Store, args: &RetrievalArgs) -> anyhow::Resu
             ));
         }
         print(&out)?;
+    }
+    Ok(exit::OK)
+}
+
+/// Recall@5 and MRR (over the first 10 files) of file-level results.
+fn score(files: &[&str], gold: &[String]) -> (f64, f64) {
+    let hit = gold
+        .iter()
+        .filter(|g| files.iter().take(5).any(|f| f == g))
+        .count();
+    let mrr = files
+        .iter()
+        .take(10)
+        .position(|f| gold.iter().any(|g| g == f))
+        .map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+    (hit as f64 / gold.len().max(1) as f64, mrr)
+}
+
+fn tune(
+    ctx: &Context,
+    store: &Store,
+    root: &std::path::Path,
+    cases: &[Case],
+) -> anyhow::Result<u8> {
+    let mut retriever = open(ctx, store, root, SearchMode::Hybrid)?;
+    if let Some(why) = retriever.vectors_unavailable() {
+        bail!("tuning fusion needs vectors: {why}");
+    }
+    let mut all = Vec::with_capacity(cases.len());
+    for case in cases {
+        all.push(retriever.rankings(&case.query, 100)?);
+    }
+    let base = Params::from_config(&ctx.config.config.retrieve);
+    let mut rows: Vec<(f64, f64, Params)> = Vec::new();
+    for rrf_k in [5.0, 10.0, 20.0, 30.0, 60.0, 100.0] {
+        for vector_weight in [0.5, 0.75, 1.0, 1.5, 2.0, 3.0] {
+            for signal_weight in [0.0, 0.25, 0.5, 1.0] {
+                for file_decay in [0.0, 0.2, 0.5] {
+                    let params = Params {
+                        mode: SearchMode::Hybrid,
+                        limit: 10,
+                        files: true,
+                        rrf_k,
+                        bm25_weight: 1.0,
+                        vector_weight,
+                        signal_weight,
+                        file_decay,
+                        ..base.clone()
+                    };
+                    let (mut r5, mut mrr) = (0.0, 0.0);
+                    for (case, rankings) in cases.iter().zip(&all) {
+                        let results = crate::retrieve::rank(&case.query, rankings, &params);
+                        let files: Vec<&str> = results.iter().map(|r| r.path.as_str()).collect();
+                        let (a, b) = score(&files, &case.gold);
+                        r5 += a;
+                        mrr += b;
+                    }
+                    let n = cases.len() as f64;
+                    rows.push((r5 / n, mrr / n, params));
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    let mut out = String::from("Recall@5    MRR  rrf_k  vector_w  signal_w  file_decay\n");
+    for (r5, mrr, p) in rows.iter().take(15) {
+        out.push_str(&format!(
+            "{r5:8.3}  {mrr:5.3}  {:5}  {:8}  {:8}  {:10}\n",
+            p.rrf_k, p.vector_weight, p.signal_weight, p.file_decay
+        ));
+    }
+    if !ctx.json {
+        print(&out)?;
+    } else {
+        let best: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(r5, mrr, p)| {
+                serde_json::json!({"recall5": r5, "mrr": mrr, "rrf_k": p.rrf_k,
+                    "vector_weight": p.vector_weight, "signal_weight": p.signal_weight,
+                    "file_decay": p.file_decay})
+            })
+            .collect();
+        print_json(&serde_json::json!({"grid": best}))?;
     }
     Ok(exit::OK)
 }

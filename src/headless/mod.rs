@@ -192,6 +192,9 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 Some(fix) => format!("error: {message}\n  fix: {fix}"),
                 None => format!("error: {message}"),
             },
+            EventMsg::AskComplete { citations, .. } => {
+                format!("answered from {} code chunks", citations.len())
+            }
             EventMsg::ShutdownComplete => return Ok(()),
         };
         writeln!(self.out, "{line}")
@@ -468,6 +471,20 @@ async fn drive_async(
                 if event.id.starts_with("run") && !started.contains(&event.id) =>
             {
                 Some(exit::ERROR)
+            }
+            EventMsg::ApprovalRequest { call_id, command } => {
+                // Nobody can answer in a headless run: deny, so the agent hears it at once.
+                eprintln!(
+                    "denied `{command}`: a headless run cannot ask for approval (set agents.approval = false to let allow-listed commands run)"
+                );
+                session.submit(Submission {
+                    id: "approval".into(),
+                    op: Op::Approval {
+                        call_id: call_id.clone(),
+                        approved: false,
+                    },
+                })?;
+                None
             }
             EventMsg::ShutdownComplete => break,
             _ => None,

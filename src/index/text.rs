@@ -243,9 +243,10 @@ impl TextReader {
     /// indexed files of the manifest in `index_dir`, read from the working tree under `root`),
     /// searched like the chunk index.
     pub fn whole_files(root: &Path, index_dir: &Path) -> Result<Self> {
-        let manifest = super::manifest::Manifest::load(index_dir).ok_or_else(|| Error::NoIndex {
-            path: index_dir.to_path_buf(),
-        })?;
+        let manifest =
+            super::manifest::Manifest::load(index_dir).ok_or_else(|| Error::NoIndex {
+                path: index_dir.to_path_buf(),
+            })?;
         let (schema, fields) = schema();
         let index = Index::create_in_ram(schema);
         register(&index);
@@ -259,7 +260,17 @@ impl TextReader {
             };
             let text = String::from_utf8_lossy(&bytes);
             let lines = text.lines().count().max(1) as u32;
-            let doc = document(&fields, path, &f.blob, 0, &f.language, "file", "", (1, lines), &text);
+            let doc = document(
+                &fields,
+                path,
+                &f.blob,
+                0,
+                &f.language,
+                "file",
+                "",
+                (1, lines),
+                &text,
+            );
             writer.add_document(doc).map_err(tantivy_err(index_dir))?;
         }
         writer.commit().map_err(tantivy_err(index_dir))?;

@@ -50,8 +50,26 @@ pub enum Op {
     ApplyTask { task_id: String },
     /// Delete a task's worktree and branch.
     DiscardTask { task_id: String },
+    /// Answer a question about the repository from its indexed code (one-shot, no tools).
+    Ask {
+        question: String,
+        /// A file the question is about (relative to the repository root), shown first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        /// 1-based inclusive line range of `file` the question is about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range: Option<(u32, u32)>,
+    },
     /// Finish: cancel running work and end the event stream.
     Shutdown,
+}
+
+/// A piece of repository code an answer was given from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Citation {
+    pub path: String,
+    pub start_line: u32,
+    pub end_line: u32,
 }
 
 /// One event from the session.
@@ -227,6 +245,12 @@ pub enum EventMsg {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fix: Option<String>,
+    },
+    /// An `Ask` finished: the whole answer (after its deltas), the code it was given, the stats.
+    AskComplete {
+        answer: String,
+        citations: Vec<Citation>,
+        stats: RequestStats,
     },
     /// The session ended; no events follow.
     ShutdownComplete,

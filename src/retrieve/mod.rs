@@ -236,22 +236,19 @@ impl Retriever {
         } else {
             Vec::new()
         };
-        let mut rankings: Vec<(f64, Vec<ChunkHit>)> = Vec::new();
-        if use_bm25 {
-            rankings.push((if use_vectors { params.bm25_weight } else { 1.0 }, bm25));
-        }
-        if use_vectors {
-            rankings.push((if use_bm25 { params.vector_weight } else { 1.0 }, vector));
-        }
-        let mut fused = fuse(&rankings, params.rrf_k);
-        if params.signal_weight > 0.0 {
-            apply_signals(
-                &mut fused,
-                query,
-                params.signal_weight / (params.rrf_k + 1.0),
-            );
-        }
-        Ok(finish(fused, params))
+        Ok(rank(query, &Rankings { bm25, vector }, params))
+    }
+
+    /// Both rankings for `query` without fusing them (for tuning fusion on many parameter
+    /// sets: see [`rank`]); the vector ranking is empty without vectors.
+    pub fn rankings(&mut self, query: &str, depth: usize) -> Result<Rankings> {
+        let bm25 = self.text.search(query, depth)?;
+        let vector = if self.vectors.is_some() {
+            self.vector_hits(query, depth)?
+        } else {
+            Vec::new()
+        };
+        Ok(Rankings { bm25, vector })
     }
 
     /// Vector hits mapped to the chunks of the current files (rows of blobs no file holds any
@@ -280,6 +277,40 @@ impl Retriever {
         }
         Ok(out)
     }
+}
+
+/// The BM25 and vector rankings of one query, best first.
+#[derive(Debug, Clone, Default)]
+pub struct Rankings {
+    /// BM25 hits.
+    pub bm25: Vec<ChunkHit>,
+    /// Vector hits (empty without vectors).
+    pub vector: Vec<ChunkHit>,
+}
+
+/// Fuses `rankings` as `params` says (mode, weights, signals, merging, files) into results.
+pub fn rank(query: &str, rankings: &Rankings, params: &Params) -> Vec<SearchResult> {
+    let use_bm25 = matches!(params.mode, SearchMode::Bm25 | SearchMode::Hybrid);
+    let use_vectors = matches!(params.mode, SearchMode::Vector | SearchMode::Hybrid)
+        && !rankings.vector.is_empty();
+    let mut lists: Vec<(f64, Vec<ChunkHit>)> = Vec::new();
+    if use_bm25 {
+        let w = if use_vectors { params.bm25_weight } else { 1.0 };
+        lists.push((w, rankings.bm25.clone()));
+    }
+    if use_vectors {
+        let w = if use_bm25 { params.vector_weight } else { 1.0 };
+        lists.push((w, rankings.vector.clone()));
+    }
+    let mut fused = fuse(&lists, params.rrf_k);
+    if params.signal_weight > 0.0 {
+        apply_signals(
+            &mut fused,
+            query,
+            params.signal_weight / (params.rrf_k + 1.0),
+        );
+    }
+    finish(fused, params)
 }
 
 /// A chunk with its fused score.

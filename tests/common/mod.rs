@@ -105,3 +105,27 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The tiny chat model: `TROUPE_TEST_MODEL`, else the user cache. Fails (never skips) with the
+/// fix when it is missing.
+pub fn test_model() -> PathBuf {
+    let path = std::env::var_os("TROUPE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/troupe/models/smollm2-135m-instruct.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "test model {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_TEST_MODEL",
+        path.display()
+    );
+    path
+}
+
+/// The model tests run one at a time: each starts an engine on the same two cores.
+pub static MODEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn model_lock() -> std::sync::MutexGuard<'static, ()> {
+    MODEL.lock().unwrap_or_else(|p| p.into_inner())
+}
