@@ -5,7 +5,7 @@
 set -euo pipefail
 bin=$1; shift
 for repo in "$@"; do
-    lines=$(cd "$repo" && git ls-files -z | xargs -0 cat 2>/dev/null | wc -l)
+    lines=$(cd "$repo" && git ls-files -z | { xargs -0 cat 2>/dev/null || true; } | wc -l)
     rm -rf "$repo/.troupe"
     start=$(date +%s.%N)
     out=$("$bin" --repo "$repo" index --no-vectors --json)
@@ -16,7 +16,7 @@ for repo in "$@"; do
     start=$(date +%s.%N); "$bin" --repo "$repo" index --no-vectors --json >/dev/null; end=$(date +%s.%N)
     echo "$repo noop_wall_s=$(echo "$end - $start" | bc)"
     # One file changed (appended a function), then restored.
-    f=$(git -C "$repo" ls-files | grep -E '\.(rs|py|go)$' | head -1)
+    f=$(git -C "$repo" ls-files | grep -E '\.(rs|py|go)$' | head -1 || true)
     cp "$repo/$f" /tmp/speed_backup
     printf '\nfn bench_edit_marker() {}\n' >> "$repo/$f"
     start=$(date +%s.%N); "$bin" --repo "$repo" index --no-vectors --json >/dev/null; end=$(date +%s.%N)

@@ -173,10 +173,11 @@ impl Default for RetrieveConfig {
         Self {
             mode: SearchMode::Hybrid,
             limit: 10,
-            rrf_k: 60.0,
+            // Tuned on benches/retrieval (click and gin, MiniLM): see BENCHMARKS.md.
+            rrf_k: 20.0,
             bm25_weight: 1.0,
             vector_weight: 1.0,
-            signal_weight: 1.0,
+            signal_weight: 0.0,
             context_tokens: 3000,
         }
     }
