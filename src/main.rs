@@ -64,6 +64,9 @@ enum Command {
     /// Measure retrieval quality and speed.
     #[command(subcommand)]
     Eval(commands::eval_cmd::EvalCmd),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Answer a question about the repository from its code, citing the code it used.
     Ask {
         /// The question; `-` reads it from stdin.
@@ -133,6 +136,13 @@ enum ModelsCmd {
     Verify { name: Option<String> },
     /// Print the path of a downloaded model.
     Path { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Aggregate throughput and time to first token at several concurrencies on the chat model
+    /// (--model PATH|NAME, default model.chat).
+    Engine(troupe::commands::bench::BenchEngineArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +253,14 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
         Command::Index(args) => commands::index_cmd::run(&ctx, &store, args),
         Command::Search(args) => commands::search_cmd::run(&ctx, &store, args),
         Command::Eval(cmd) => commands::eval_cmd::run(&ctx, &store, cmd),
+        Command::Bench(BenchCmd::Engine(args)) => {
+            // The global --model (or model.chat) names the model; resolve it to a file here.
+            let resolved =
+                store.resolve(&ctx.config.config.model.chat, troupe::models::Role::Chat)?;
+            let mut args = args.clone();
+            args.model = Some(resolved.path);
+            troupe::commands::bench::run(&args, ctx.json).map(|()| exit::OK)
+        }
         Command::Ask {
             question,
             file,
