@@ -13,6 +13,13 @@ pub trait Backend: Send + Sync {
     /// cancels the request.
     fn generate(&self, request: GenerateRequest) -> GenerationStream;
 
+    /// Starts several requests together. The embedded engine queues them in one step, in order,
+    /// so the same group is scheduled (and, greedy, answered) the same way on every run; other
+    /// back ends start them one by one.
+    fn generate_group(&self, requests: Vec<GenerateRequest>) -> Vec<GenerationStream> {
+        requests.into_iter().map(|r| self.generate(r)).collect()
+    }
+
     /// Cancels a request by id; its stream ends with `FinishReason::Cancelled` (or, for a remote
     /// back end, as soon as the connection is closed). Unknown ids are ignored.
     fn cancel(&self, id: RequestId);
@@ -24,6 +31,10 @@ pub trait Backend: Send + Sync {
 impl Backend for Engine {
     fn generate(&self, request: GenerateRequest) -> GenerationStream {
         Engine::generate(self, request)
+    }
+
+    fn generate_group(&self, requests: Vec<GenerateRequest>) -> Vec<GenerationStream> {
+        Engine::generate_group(self, requests)
     }
 
     fn cancel(&self, id: RequestId) {

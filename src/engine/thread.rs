@@ -24,6 +24,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use serde::Serialize;
 
@@ -190,6 +192,9 @@ impl Drop for Inner {
 
 enum Command {
     Generate(Box<Pending<Job>>),
+    /// Requests queued together, in order, before the next step: the schedule (and so the
+    /// output) does not depend on when each one reached the engine thread.
+    GenerateGroup(Vec<Pending<Job>>),
     Cancel(RequestId),
     Shutdown,
 }
@@ -197,7 +202,10 @@ enum Command {
 /// Per-request state on the engine thread.
 struct Job {
     tx: EventSender,
+    /// The sampler chain, without the grammar.
     sampler: LlamaSampler,
+    /// The grammar constraint, applied lazily (see [`sample_constrained`]).
+    grammar: Option<LlamaSampler>,
     decoder: TextDecoder,
     ignore_eos: bool,
     submitted: Instant,
@@ -338,6 +346,41 @@ impl Engine {
         }
     }
 
+    /// Submits several requests at once: they reach the scheduler together and in order, so a
+    /// run over the same requests schedules them the same way each time (reproducible batches).
+    /// Requests that cannot be prepared get their error on their own stream.
+    pub fn generate_group(&self, requests: Vec<GenerateRequest>) -> Vec<GenerationStream> {
+        let mut streams = Vec::with_capacity(requests.len());
+        let mut group = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+            let cancel_tx = self.inner.tx.clone();
+            let (tx, stream) = GenerationStream::channel(
+                id,
+                Box::new(move || {
+                    let _ = cancel_tx.send(Command::Cancel(id));
+                }),
+            );
+            match self.prepare(id, request, tx) {
+                Ok(pending) => {
+                    group.push(pending);
+                    streams.push(stream);
+                }
+                Err(e) => {
+                    drop(stream);
+                    streams.push(GenerationStream::failed(id, e));
+                }
+            }
+        }
+        if !group.is_empty() && self.inner.tx.send(Command::GenerateGroup(group)).is_err() {
+            return streams
+                .into_iter()
+                .map(|s| GenerationStream::failed(s.id(), Error::EngineStopped))
+                .collect();
+        }
+        streams
+    }
+
     /// Cancels a request (waiting or running). Its stream ends with
     /// [`FinishReason::Cancelled`]; its sequence is free at once. Unknown ids are ignored.
     pub fn cancel(&self, id: RequestId) {
@@ -424,7 +467,7 @@ impl Engine {
             .max_tokens
             .map_or(room, |m| (m as usize).min(room))
             .max(1);
-        let sampler = self.build_sampler(&request)?;
+        let (sampler, grammar) = self.build_sampler(&request)?;
         Ok(Pending {
             id,
             priority: request.priority,
@@ -433,6 +476,7 @@ impl Engine {
             payload: Job {
                 tx,
                 sampler,
+                grammar,
                 decoder: TextDecoder::new(&request.stop),
                 ignore_eos: request.ignore_eos,
                 submitted,
@@ -443,7 +487,11 @@ impl Engine {
         })
     }
 
-    fn build_sampler(&self, request: &GenerateRequest) -> Result<LlamaSampler> {
+    /// The sampler chain of a request and, apart from it, its grammar.
+    fn build_sampler(
+        &self,
+        request: &GenerateRequest,
+    ) -> Result<(LlamaSampler, Option<LlamaSampler>)> {
         let model = &self.inner.model;
         let n_vocab = model.n_vocab();
         let s: &Sampling = &request.sampling;
@@ -466,16 +514,22 @@ impl Engine {
                 0.0,
             ));
         }
-        if let Some(constraint) = &request.constraint {
-            let gbnf = match constraint {
-                Constraint::Gbnf(g) => g.clone(),
-                Constraint::JsonSchema(schema) => llama_cpp_2::json_schema_to_grammar(schema)
-                    .map_err(|e| Error::Grammar(format!("json schema: {e}")))?,
-            };
-            let grammar = LlamaSampler::grammar(model, &gbnf, "root")
-                .map_err(|e| Error::Grammar(format!("llama.cpp rejected it ({e})")))?;
-            chain.push(grammar);
-        }
+        let grammar = match &request.constraint {
+            Some(constraint) => {
+                let gbnf = match constraint {
+                    Constraint::Gbnf(g) => g.clone(),
+                    Constraint::JsonSchema(schema) => {
+                        llama_cpp_2::json_schema_to_grammar(schema)
+                            .map_err(|e| Error::Grammar(format!("json schema: {e}")))?
+                    }
+                };
+                Some(
+                    LlamaSampler::grammar(model, &gbnf, "root")
+                        .map_err(|e| Error::Grammar(format!("llama.cpp rejected it ({e})")))?,
+                )
+            }
+            None => None,
+        };
         if s.is_greedy() {
             chain.push(LlamaSampler::greedy());
         } else {
@@ -491,8 +545,51 @@ impl Engine {
             chain.push(LlamaSampler::temp(s.temperature));
             chain.push(LlamaSampler::dist(s.seed));
         }
-        Ok(LlamaSampler::chain_simple(chain))
+        Ok((LlamaSampler::chain_simple(chain), grammar))
     }
+}
+
+/// Samples under a grammar the way llama.cpp's server does: draw from the unconstrained
+/// distribution first and check only that token against the grammar; filter the whole
+/// vocabulary through the grammar only when it rejects the token. Checking one token instead of
+/// every token of the vocabulary is most of the cost of constrained decoding saved. Greedy
+/// decoding picks the same token either way (the most likely token, if allowed, is also the most
+/// likely allowed one).
+fn sample_constrained(
+    chain: &mut LlamaSampler,
+    grammar: &mut LlamaSampler,
+    ctx: &LlamaContext<'_>,
+    idx: i32,
+) -> LlamaToken {
+    let mut all = ctx.token_data_array_ith(idx);
+    chain.apply(&mut all);
+    if let Some(token) = all.selected_token() {
+        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 0.0, 1.0)], false);
+        grammar.apply(&mut one);
+        if one.data.first().is_some_and(|d| d.logit().is_finite()) {
+            grammar.accept(token);
+            chain.accept(token);
+            return token;
+        }
+    }
+    let mut allowed = ctx.token_data_array_ith(idx);
+    grammar.apply(&mut allowed);
+    chain.apply(&mut allowed);
+    // The grammar always allows something (at least the end of generation once complete).
+    let token = allowed
+        .selected_token()
+        .or_else(|| {
+            allowed
+                .data
+                .iter()
+                .filter(|d| d.logit().is_finite())
+                .max_by(|a, b| a.logit().total_cmp(&b.logit()))
+                .map(LlamaTokenData::id)
+        })
+        .unwrap_or(LlamaToken(0));
+    grammar.accept(token);
+    chain.accept(token);
+    token
 }
 
 /// Checks the file exists and starts with the GGUF magic, before llama.cpp sees it.
@@ -763,6 +860,15 @@ impl Loop<'_> {
                 }
                 self.sched.enqueue(*pending);
             }
+            Command::GenerateGroup(group) => {
+                for pending in group {
+                    if pending.payload.tx.is_closed() {
+                        self.counters.requests_finished += 1;
+                    } else {
+                        self.sched.enqueue(pending);
+                    }
+                }
+            }
             Command::Cancel(id) => self.cancel(id, ctx),
             Command::Shutdown => return Flow::Stop,
         }
@@ -828,7 +934,10 @@ impl Loop<'_> {
         let Some(a) = self.sched.active_mut(slot) else {
             return;
         };
-        let token = a.payload.sampler.sample(ctx, idx);
+        let token = match a.payload.grammar.as_mut() {
+            Some(grammar) => sample_constrained(&mut a.payload.sampler, grammar, ctx, idx),
+            None => a.payload.sampler.sample(ctx, idx),
+        };
         let now = Instant::now();
         a.generated += 1;
         a.payload.first_token.get_or_insert(now);
