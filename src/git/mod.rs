@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use git2::{DiffFormat, DiffOptions, Oid, Repository, Signature};
 
+pub mod diff;
+pub use diff::{Change, ChangedFile, DiffLine, FileChange, Hunk, Side};
+
 /// Errors of git operations; messages name the path or ref involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
