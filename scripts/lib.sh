@@ -38,6 +38,7 @@ ensure_system_packages() {
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
     command -v git >/dev/null 2>&1 || missing+=(git)
+    command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
     have_libclang || missing+=(libclang-dev clang)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -68,6 +69,29 @@ ensure_venv() {
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
     echo "$want" >"$stamp"
+}
+
+# The official SARIF 2.1.0 JSON schema, for the test that validates `troupe review --format sarif`.
+# It ships in the MIT-licensed npm package @microsoft/jest-sarif; the tarball is checked by sha256.
+ensure_sarif_schema() {
+    local dir=$TROUPE_CACHE/testdata
+    local schema=$dir/sarif-2.1.0-rtm.5.json
+    local url=https://registry.npmjs.org/@microsoft/jest-sarif/-/jest-sarif-1.0.0-beta.0.tgz
+    local sha=748e2c3d1a842e7bb258416685c7ea3a0da40005b72267b2052c2856d48ad102
+    [ -f "$schema" ] && return 0
+    say "fetching the SARIF 2.1.0 schema for the review tests"
+    mkdir -p "$dir"
+    local tgz
+    tgz=$(mktemp)
+    curl --fail --silent --show-error --location --retry 3 -o "$tgz" "$url"
+    if [ "$(sha256sum "$tgz" | cut -d' ' -f1)" != "$sha" ]; then
+        rm -f "$tgz"
+        echo "error: $url does not have the expected sha256 $sha" >&2
+        return 1
+    fi
+    tar -xzf "$tgz" -O package/lib/schemas/sarif-2.1.0-rtm.5.json >"$schema.part"
+    mv "$schema.part" "$schema"
+    rm -f "$tgz"
 }
 
 # Builds the troupe binary in the given cargo profile (dev or release) and prints its path.

@@ -7,6 +7,8 @@ ensure_rust
 ensure_system_packages
 ensure_venv
 export TROUPE_VENV=$TROUPE_CACHE/venv
+ensure_sarif_schema
+export TROUPE_SARIF_SCHEMA=$TROUPE_CACHE/testdata/sarif-2.1.0-rtm.5.json
 
 troupe=$(build_troupe dev)
 say "fetching the test models (already verified ones are skipped)"

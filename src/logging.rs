@@ -38,6 +38,14 @@ pub fn init(verbosity: i8, log_dir: Option<&Path>, file_level: &str) -> Guard {
 
     let (file_layer, guard) = match log_dir.and_then(|dir| {
         std::fs::create_dir_all(dir).ok()?;
+        // The log lives in the repository's `.troupe/`: keep it out of `git status` as the rest
+        // of troupe's state is.
+        if let Some(state) = dir.parent().filter(|p| p.ends_with(".troupe")) {
+            let ignore = state.join(".gitignore");
+            if !ignore.exists() {
+                let _ = std::fs::write(&ignore, "# troupe's state: never committed\n*\n");
+            }
+        }
         Some(tracing_appender::rolling::never(dir, "troupe.log"))
     }) {
         Some(appender) => {

@@ -98,6 +98,34 @@ enum Command {
     /// List, inspect, resume, apply or discard tasks.
     #[command(subcommand)]
     Tasks(TasksCmd),
+    /// Review a change: every changed hunk, reproducibly (exit 1 on findings at --fail-on or
+    /// coverage under --min-coverage).
+    Review {
+        /// The old side (default HEAD). With --head REF the diff starts at their merge base.
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+        /// The new side: a commit, branch or tag (default: the working tree).
+        #[arg(long, value_name = "REF", conflicts_with_all = ["staged", "worktree"])]
+        head: Option<String>,
+        /// Review the staged changes.
+        #[arg(long, conflicts_with = "worktree")]
+        staged: bool,
+        /// Review the working tree, untracked files included (the default).
+        #[arg(long)]
+        worktree: bool,
+        /// Output format (default: text, or json with --json).
+        #[arg(long, value_enum)]
+        format: Option<troupe::headless::review::Format>,
+        /// Lowest severity that makes the review exit 1 (default: review.fail_on).
+        #[arg(long, value_enum)]
+        fail_on: Option<troupe::config::FailOn>,
+        /// Fraction (0 to 1) of changed lines that must be reviewed (default: review.min_coverage).
+        #[arg(long, value_name = "F")]
+        min_coverage: Option<f64>,
+        /// Write the output to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +301,30 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
                 file: file.clone(),
                 line: *line,
                 range: range.clone(),
+            },
+        ),
+        Command::Review {
+            base,
+            head,
+            staged,
+            worktree: _,
+            format,
+            fail_on,
+            min_coverage,
+            output,
+        } => troupe::headless::review::run(
+            &ctx,
+            &troupe::headless::review::ReviewArgs {
+                base: base.clone(),
+                head: match (head, staged) {
+                    (Some(r), _) => troupe::protocol::ReviewHead::Ref(r.clone()),
+                    (None, true) => troupe::protocol::ReviewHead::Staged,
+                    (None, false) => troupe::protocol::ReviewHead::Worktree,
+                },
+                format: *format,
+                fail_on: *fail_on,
+                min_coverage: *min_coverage,
+                output: output.clone(),
             },
         ),
         Command::Run {

@@ -7,4 +7,5 @@ mod common;
 mod ask;
 mod cli;
 mod index;
+mod review;
 mod run;

@@ -31,6 +31,7 @@ pub mod context;
 pub mod edit;
 pub mod exec;
 pub mod orchestrator;
+pub mod review;
 pub mod roles;
 pub mod search;
 pub mod session;

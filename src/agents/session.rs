@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use super::ask;
 use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart, run_task};
+use super::review::{self, ModelIdentity};
 use super::roles::Roles;
 use super::search::{CodeSearch, IndexedSearch};
 use super::{Error, Result, store};
@@ -75,7 +76,7 @@ impl Session {
     pub async fn start(options: SessionOptions) -> Result<Session> {
         let roles = Roles::load(options.config_dir.as_deref())?;
         let engine_cfg = &options.config.engine;
-        let (backend, model): (Arc<dyn Backend>, String) = match engine_cfg.backend {
+        let (backend, model): (Arc<dyn Backend>, ModelIdentity) = match engine_cfg.backend {
             BackendKind::Embedded => {
                 let resolved = crate::models::Store::default()
                     .resolve(&options.config.model.chat, crate::models::Role::Chat)?;
@@ -88,7 +89,16 @@ impl Session {
                 let engine = tokio::task::spawn_blocking(move || Engine::start(eo))
                     .await
                     .map_err(|e| Error::Invariant(format!("engine start panicked: {e}")))??;
-                (Arc::new(engine), resolved.path.display().to_string())
+                let identity = ModelIdentity {
+                    name: resolved
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    sha256: resolved.entry.map(|e| e.sha256.to_string()),
+                    path: Some(resolved.path.clone()),
+                };
+                (Arc::new(engine), identity)
             }
             BackendKind::Openai => {
                 let mut b = crate::engine::openai::OpenAiBackend::new(
@@ -100,16 +110,35 @@ impl Session {
                 {
                     b = b.with_api_key(key);
                 }
-                (Arc::new(b), engine_cfg.endpoint.clone())
+                let identity = ModelIdentity {
+                    name: format!("{} at {}", options.config.model.chat, engine_cfg.endpoint),
+                    sha256: None,
+                    path: None,
+                };
+                (Arc::new(b), identity)
             }
         };
-        Ok(Self::with_backend(backend, model, roles, options))
+        Ok(Self::with_model(backend, model, roles, options))
     }
 
     /// A session over an existing back end (tests, benchmarks, a shared engine).
     pub fn with_backend(
         backend: Arc<dyn Backend>,
         model: String,
+        roles: Roles,
+        options: SessionOptions,
+    ) -> Session {
+        let identity = ModelIdentity {
+            name: model,
+            ..ModelIdentity::default()
+        };
+        Self::with_model(backend, identity, roles, options)
+    }
+
+    /// A session over an existing back end whose model file is known (for review provenance).
+    pub fn with_model(
+        backend: Arc<dyn Backend>,
+        model: ModelIdentity,
         roles: Roles,
         options: SessionOptions,
     ) -> Session {
@@ -132,7 +161,16 @@ impl Session {
         let ask_budget = (options.config.retrieve.context_tokens as usize)
             .min(ctx.saturating_sub(ASK_MAX_TOKENS as usize + 256))
             .max(256);
-        tokio::spawn(core(env, model, ask_budget, sub_rx, ev_tx));
+        let review_cfg = ReviewSetup {
+            config: options.config.review.clone(),
+            model: model.clone(),
+            ctx_per_seq: options.config.engine.ctx_per_seq,
+        };
+        let model = match &model.path {
+            Some(p) => p.display().to_string(),
+            None => model.name.clone(),
+        };
+        tokio::spawn(core(env, model, ask_budget, review_cfg, sub_rx, ev_tx));
         Session {
             tx: sub_tx,
             rx: ev_rx,
@@ -150,11 +188,19 @@ impl Session {
     }
 }
 
+/// What reviews need besides the task environment.
+struct ReviewSetup {
+    config: crate::config::ReviewConfig,
+    model: ModelIdentity,
+    ctx_per_seq: u32,
+}
+
 /// The session's own loop: dispatches ops, owns the running tasks.
 async fn core(
     env: TaskEnv,
     model: String,
     ask_budget: usize,
+    review_setup: ReviewSetup,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -282,6 +328,27 @@ async fn core(
                         range,
                     };
                     ask::answer(&ask_env, q, &emit).await;
+                });
+            }
+            Op::Review { spec } => {
+                let review_env = review::ReviewEnv {
+                    backend: Arc::clone(&env.backend),
+                    search: Arc::clone(&env.search),
+                    repo_root: env.repo_root.clone(),
+                    config: review_setup.config.clone(),
+                    model: review_setup.model.clone(),
+                    ctx_per_seq: review_setup.ctx_per_seq,
+                };
+                let events = events.clone();
+                tasks.spawn(async move {
+                    let emit = move |msg: EventMsg| {
+                        let _ = events.send(Event {
+                            id: id.clone(),
+                            agent: Some(review::AGENT.to_string()),
+                            msg,
+                        });
+                    };
+                    review::review(&review_env, spec, &emit).await;
                 });
             }
             Op::Shutdown => {

@@ -221,6 +221,12 @@ pub struct ReviewConfig {
     pub fail_on: FailOn,
     pub min_coverage: f64,
     pub max_diff_lines: u32,
+    pub max_file_lines: u32,
+    pub request_lines: u32,
+    pub context_tokens: u32,
+    pub max_tokens: u32,
+    pub parallel: u32,
+    pub exclude: Vec<String>,
 }
 
 impl Default for ReviewConfig {
@@ -229,6 +235,22 @@ impl Default for ReviewConfig {
             fail_on: FailOn::None,
             min_coverage: 0.0,
             max_diff_lines: 5000,
+            max_file_lines: 2000,
+            request_lines: 120,
+            context_tokens: 600,
+            max_tokens: 512,
+            parallel: 0,
+            exclude: [
+                "*.lock",
+                "package-lock.json",
+                "pnpm-lock.yaml",
+                "*.min.js",
+                "*.min.css",
+                "*.snap",
+                "*.svg",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -380,6 +402,30 @@ pub const DOCS: &[(&str, &str)] = &[
         "changed lines reviewed at most; the rest is reported as clipped",
     ),
     (
+        "review.max_file_lines",
+        "a file with more changed lines than this is skipped as too large (and reported)",
+    ),
+    (
+        "review.request_lines",
+        "diff lines sent in one review request; longer hunks are split across requests",
+    ),
+    (
+        "review.context_tokens",
+        "token budget of repository context (definitions, callers, tests) per review request",
+    ),
+    (
+        "review.max_tokens",
+        "tokens of the model's answer per review request",
+    ),
+    (
+        "review.parallel",
+        "review requests in flight at once; 0 sends them all together (the engine batches them)",
+    ),
+    (
+        "review.exclude",
+        "glob patterns of changed files the review skips (reported as excluded)",
+    ),
+    (
         "log.level",
         "level of the log file under .troupe/logs: error, warn, info, debug or trace",
     ),
@@ -418,6 +464,17 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.review.min_coverage) {
             out.push(("review.min_coverage", "must be between 0 and 1".to_string()));
+        }
+        if self.review.request_lines < 10 {
+            out.push(("review.request_lines", "must be at least 10".to_string()));
+        }
+        if self.review.max_tokens < 32 {
+            out.push(("review.max_tokens", "must be at least 32".to_string()));
+        }
+        for pattern in &self.review.exclude {
+            if let Err(e) = globset::Glob::new(pattern) {
+                out.push(("review.exclude", format!("bad pattern `{pattern}`: {e}")));
+            }
         }
         if self.retrieve.rrf_k <= 0.0 {
             out.push(("retrieve.rrf_k", "must be positive".to_string()));

@@ -7,6 +7,8 @@
 //! enforces it). Runs its own tokio runtime; exit codes follow the command-line contract
 //! (0 converged, 1 not converged, 2 and above errors).
 
+pub mod review;
+
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -149,6 +151,17 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 f.start_line,
                 f.end_line,
                 one_line(&f.title, 80)
+            ),
+            EventMsg::ReviewStarted {
+                files,
+                hunks,
+                requests,
+            } => format!("review: {files} files, {hunks} hunks, {requests} model requests"),
+            EventMsg::ReviewProgress { done, total } => format!("review: {done}/{total} requests"),
+            EventMsg::ReviewComplete { report } => format!(
+                "review: {} findings, {:.0}% of changed lines reviewed",
+                report.findings.len(),
+                report.coverage.ratio * 100.0
             ),
             EventMsg::RoundComplete {
                 round,

@@ -60,8 +60,102 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         range: Option<(u32, u32)>,
     },
+    /// Review a change (`troupe review`): every changed hunk, read-only, reproducible.
+    Review { spec: ReviewSpec },
     /// Finish: cancel running work and end the event stream.
     Shutdown,
+}
+
+/// The new side of a reviewed change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "ref", rename_all = "snake_case")]
+pub enum ReviewHead {
+    /// The working tree (tracked changes and untracked files that are not ignored).
+    Worktree,
+    /// The staged changes (git's index).
+    Staged,
+    /// A commit, branch or tag.
+    Ref(String),
+}
+
+/// What `troupe review` compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewSpec {
+    /// The old side; `None`: `HEAD`. With a ref as head, the diff starts at their merge base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    pub head: ReviewHead,
+}
+
+/// Whether a file of the change was reviewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoverageStatus {
+    /// Every hunk was reviewed.
+    Reviewed,
+    /// Some hunks were reviewed, the rest not (see `reason`).
+    Clipped,
+    /// Nothing of it was reviewed (see `reason`).
+    Skipped,
+}
+
+/// How much of one changed file was reviewed, and why not all of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileCoverage {
+    pub path: String,
+    pub status: CoverageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub hunks: u32,
+    pub hunks_reviewed: u32,
+    /// Added and removed lines.
+    pub changed_lines: u32,
+    pub changed_lines_reviewed: u32,
+}
+
+/// What a review saw of the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub files: Vec<FileCoverage>,
+    pub hunks: u32,
+    pub hunks_reviewed: u32,
+    pub changed_lines: u32,
+    pub changed_lines_reviewed: u32,
+    /// `changed_lines_reviewed / changed_lines` (1 for an empty change).
+    pub ratio: f64,
+}
+
+/// Where a review's output comes from, so a rerun can be checked against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub troupe_version: String,
+    /// The model's file name (or the server's model name).
+    pub model: String,
+    /// sha256 of the model file (`None` for a remote server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+    /// sha256 of the review prompt template and output grammar.
+    pub prompt_sha256: String,
+    /// The index the context came from, e.g. `commit 1a2b3c4 +2 uncommitted files` or `none`.
+    pub index_state: String,
+    pub base_commit: String,
+    /// The head commit, or `worktree` / `staged`.
+    pub head: String,
+    /// sha256 of the reviewed diff text.
+    pub diff_sha256: String,
+}
+
+/// The whole result of a review, in the order every output format prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewReport {
+    pub provenance: Provenance,
+    pub coverage: Coverage,
+    /// Sorted by file, line, severity (most severe first), title.
+    pub findings: Vec<Finding>,
+    /// Findings the model gave outside the new side of the diff, dropped.
+    pub findings_dropped: u32,
+    /// Answers cut at `review.max_tokens`; the findings they completed are kept.
+    pub answers_cut: u32,
 }
 
 /// A piece of repository code an answer was given from.
@@ -219,6 +313,21 @@ pub enum EventMsg {
     },
     ReviewFinding {
         finding: Finding,
+    },
+    /// A review started: how many files, hunks and model requests it has.
+    ReviewStarted {
+        files: u32,
+        hunks: u32,
+        requests: u32,
+    },
+    /// One review request finished (progress).
+    ReviewProgress {
+        done: u32,
+        total: u32,
+    },
+    /// The review ended; its report (no timings, so reruns compare byte for byte).
+    ReviewComplete {
+        report: Box<ReviewReport>,
     },
     /// Search results, as `troupe search --json` prints them.
     SearchResults {

@@ -507,3 +507,32 @@ fn format_block(r: &SearchResult) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A short, content-based description of the repository's index for provenance records:
+/// `none`, or the number of indexed files, the commit of the last update and a digest of every
+/// indexed path and blob id (so two runs over the same index describe it identically, and an
+/// update that changed nothing does not change it).
+pub fn index_state(root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let Some(manifest) = index::manifest::Manifest::load(&index::index_dir(root)) else {
+        return "none".to_string();
+    };
+    let mut hash = Sha256::new();
+    for (path, entry) in &manifest.files {
+        hash.update(path.as_bytes());
+        hash.update([0]);
+        hash.update(entry.blob.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hex::encode(hash.finalize());
+    let head = manifest
+        .head
+        .as_deref()
+        .map(|h| h.get(..12).unwrap_or(h))
+        .unwrap_or("no commit");
+    format!(
+        "{} files at {head}, content {}",
+        manifest.files.len(),
+        &digest[..16]
+    )
+}
