@@ -8,3 +8,4 @@ mod ask;
 mod cli;
 mod index;
 mod run;
+mod tui;
