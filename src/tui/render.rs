@@ -115,7 +115,7 @@ fn header(app: &App, t: &Theme, frame: &mut Frame, area: Rect) {
             (Startup::Failed, _) => Line::from(vec![
                 Span::styled(" troupe ", t.bold()),
                 Span::styled("could not start", t.fg(Color::Red)),
-                Span::styled("  t: earlier tasks  ?: help  q: quit", t.dim()),
+                Span::styled("  ?: help  q: quit", t.dim()),
             ]),
             (_, None) => Line::from(vec![
                 Span::styled(" troupe ", t.bold()),
@@ -740,10 +740,7 @@ fn start_failed(app: &App, t: &Theme, frame: &mut Frame, area: Rect) {
         ]));
     }
     lines.push(Line::raw(""));
-    lines.push(Line::styled(
-        "q: quit   t: earlier tasks   ?: help",
-        t.dim(),
-    ));
+    lines.push(Line::styled("q: quit   ?: help", t.dim()));
     let r = centered(area, area.width.saturating_sub(8).max(30), 11);
     frame.render_widget(Clear, r);
     frame.render_widget(
