@@ -39,6 +39,7 @@ ensure_system_packages() {
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the terminal UI's end-to-end test
     have_libclang || missing+=(libclang-dev clang)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

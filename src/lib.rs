@@ -34,3 +34,4 @@ pub mod models;
 pub mod paths;
 pub mod protocol;
 pub mod retrieve;
+pub mod tui;

@@ -67,3 +67,25 @@ pub fn init(verbosity: i8, log_dir: Option<&Path>, file_level: &str) -> Guard {
         .try_init();
     Guard { _worker: guard }
 }
+
+/// Installs the global subscriber with the log file only: for the terminal UI, where anything
+/// written to stderr would land on the screen it draws.
+pub fn init_file_only(log_dir: Option<&Path>, file_level: &str) -> Guard {
+    let Some(appender) = log_dir.and_then(|dir| {
+        std::fs::create_dir_all(dir).ok()?;
+        Some(tracing_appender::rolling::never(dir, "troupe.log"))
+    }) else {
+        return Guard { _worker: None };
+    };
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let level = file_level
+        .parse::<tracing::Level>()
+        .unwrap_or(tracing::Level::INFO);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer.with_max_level(level));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+    Guard {
+        _worker: Some(guard),
+    }
+}

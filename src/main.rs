@@ -18,8 +18,9 @@ use troupe::models::pull::{PullOptions, SourceKind};
 struct Cli {
     #[command(flatten)]
     global: Global,
+    /// Without a command: the terminal UI in the current repository.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +172,8 @@ enum BenchCmd {
     /// Aggregate throughput and time to first token at several concurrencies on the chat model
     /// (--model PATH|NAME, default model.chat).
     Engine(troupe::commands::bench::BenchEngineArgs),
+    /// Frame time of the terminal UI while agents stream (update plus draw, no terminal I/O).
+    Tui(troupe::tui::bench::BenchTuiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,7 +229,7 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
     // `doctor` reports a broken config among its checks; every other command stops on it.
     let (mut config, config_error) = match loaded {
         Ok(c) => (c, None),
-        Err(e) if matches!(cli.command, Command::Doctor) => {
+        Err(e) if matches!(cli.command, Some(Command::Doctor)) => {
             (Loaded::defaults(), Some(e.to_string()))
         }
         Err(e) => return Err(e.into()),
@@ -246,7 +249,12 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
         Some(r) => troupe::paths::state_dir(r).join("logs"),
         None => troupe::paths::cache_dir().join("logs"),
     };
-    let _log = troupe::logging::init(verbosity, Some(&log_dir), &config.config.log.level);
+    let level = &config.config.log.level;
+    // The terminal UI owns the screen: its logs go to the file only.
+    let _log = match cli.command {
+        None => troupe::logging::init_file_only(Some(&log_dir), level),
+        Some(_) => troupe::logging::init(verbosity, Some(&log_dir), level),
+    };
     tracing::info!(command = ?cli.command, "troupe {}", env!("CARGO_PKG_VERSION"));
 
     let ctx = Context {
@@ -257,7 +265,10 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
         json: g.json,
     };
     let store = Store::default();
-    match &cli.command {
+    let Some(command) = &cli.command else {
+        return troupe::tui::run(&ctx);
+    };
+    match command {
         Command::Models(ModelsCmd::List) => commands::models_cmd::list(&ctx, &store),
         Command::Models(ModelsCmd::Pull {
             names,
@@ -288,6 +299,10 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
             let mut args = args.clone();
             args.model = Some(resolved.path);
             troupe::commands::bench::run(&args, ctx.json).map(|()| exit::OK)
+        }
+        Command::Bench(BenchCmd::Tui(args)) => {
+            let report = troupe::tui::bench::run(args)?;
+            troupe::tui::bench::print(&report, ctx.json).map(|()| exit::OK)
         }
         Command::Ask {
             question,

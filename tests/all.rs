@@ -9,3 +9,4 @@ mod cli;
 mod index;
 mod review;
 mod run;
+mod tui;

@@ -112,7 +112,11 @@ fn run_ends_cleanly_with_one_json_event_per_line_and_leaves_the_user_tree_alone(
     assert_eq!(begins, of_type(&evs, "tool_call_end").len());
     assert!(begins > 0, "{err}");
     assert!(err.contains("task "), "human progress on stderr: {err}");
-    let id = evs[1]["msg"]["task_id"].as_str().unwrap().to_string();
+    // Engine figures may come between the events of the task: find it by type.
+    let id = of_type(&evs, "task_started")[0]["msg"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
         user_state(repo.path()),
         before,

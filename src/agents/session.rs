@@ -170,7 +170,18 @@ impl Session {
             Some(p) => p.display().to_string(),
             None => model.name.clone(),
         };
-        tokio::spawn(core(env, model, ask_budget, review_cfg, sub_rx, ev_tx));
+        let mut index_opts = crate::index::Options::default();
+        index_opts.scan.max_file_bytes = options.config.index.max_file_bytes;
+        index_opts.scan.exclude = options.config.index.exclude.clone();
+        tokio::spawn(core(
+            env,
+            model,
+            ask_budget,
+            review_cfg,
+            index_opts,
+            sub_rx,
+            ev_tx,
+        ));
         Session {
             tx: sub_tx,
             rx: ev_rx,
@@ -201,6 +212,7 @@ async fn core(
     model: String,
     ask_budget: usize,
     review_setup: ReviewSetup,
+    index_opts: crate::index::Options,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -222,10 +234,19 @@ async fn core(
     let mut cancels: Vec<Cancel> = Vec::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut shutdown_id = String::new();
+    let mut metrics = MetricsReporter::new(Arc::clone(&env.backend));
+    let mut ticker = tokio::time::interval(METRICS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let sub = tokio::select! {
             s = subs.recv() => s,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            _ = ticker.tick() => {
+                if let Some(msg) = metrics.sample(!tasks.is_empty()) {
+                    send("", msg);
+                }
+                continue;
+            }
         };
         let Some(Submission { id, op }) = sub else {
             break;
@@ -355,6 +376,52 @@ async fn core(
                 shutdown_id = id;
                 break;
             }
+            Op::ListTasks => match store::TaskStore::new(&env.repo_root).list() {
+                Ok(records) => {
+                    let mut tasks: Vec<_> = records.iter().map(summary).collect();
+                    tasks.reverse();
+                    send(&id, EventMsg::TaskList { tasks });
+                }
+                Err(e) => send(&id, error_event(&e)),
+            },
+            Op::OpenTask { task_id } => {
+                let store = store::TaskStore::new(&env.repo_root);
+                match store
+                    .load(&task_id)
+                    .and_then(|r| Ok((r, store.events(&task_id)?)))
+                {
+                    Ok((record, events)) => send(
+                        &id,
+                        EventMsg::TaskOpened {
+                            task: summary(&record),
+                            events,
+                        },
+                    ),
+                    Err(e) => send(&id, error_event(&e)),
+                }
+            }
+            Op::IndexStatus => {
+                let (root, opts, events) =
+                    (env.repo_root.clone(), index_opts.clone(), events.clone());
+                tasks.spawn(async move {
+                    let msg = tokio::task::spawn_blocking(move || index_state(&root, &opts))
+                        .await
+                        .unwrap_or_else(|e| EventMsg::Error {
+                            message: format!("reading the index state failed: {e}"),
+                            fix: None,
+                        });
+                    let _ = events.send(Event {
+                        id,
+                        agent: None,
+                        msg,
+                    });
+                });
+            }
+            Op::UpdateIndex => {
+                let (root, opts, events) =
+                    (env.repo_root.clone(), index_opts.clone(), events.clone());
+                tasks.spawn(update_index(root, opts, id, events));
+            }
         }
     }
     // Shutting down: cancel what runs, give it a moment to record its end, then stop it.
@@ -400,5 +467,138 @@ pub fn error_event(e: &Error) -> EventMsg {
     EventMsg::Error {
         message: e.to_string(),
         fix,
+    }
+}
+
+/// How often the engine's figures are reported while work runs.
+const METRICS_EVERY: Duration = Duration::from_millis(500);
+
+/// Turns the back end's counters into `EngineMetrics` events: while work runs, and once more when
+/// it stops (so a status bar shows the engine idle).
+struct MetricsReporter {
+    backend: Arc<dyn Backend>,
+    last: Option<(std::time::Instant, u64)>,
+    was_busy: bool,
+}
+
+impl MetricsReporter {
+    fn new(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            backend,
+            last: None,
+            was_busy: false,
+        }
+    }
+
+    fn sample(&mut self, busy: bool) -> Option<EventMsg> {
+        if !busy && !self.was_busy {
+            return None;
+        }
+        self.was_busy = busy;
+        let m = self.backend.metrics()?;
+        let now = std::time::Instant::now();
+        let rate = match self.last {
+            Some((at, generated)) if busy => {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    m.generated_tokens.saturating_sub(generated) as f64 / secs
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        };
+        self.last = busy.then_some((now, m.generated_tokens));
+        Some(EventMsg::EngineMetrics {
+            active_sequences: m.active_sequences as u32,
+            aggregate_tok_s: rate,
+            cached_prompt_tokens: m.prompt_tokens_cached,
+            kv_used: m.kv_cells_used as u32,
+            kv_total: m.kv_cells_total as u32,
+        })
+    }
+}
+
+/// A task record as listings show it.
+fn summary(r: &store::TaskRecord) -> crate::protocol::TaskSummary {
+    crate::protocol::TaskSummary {
+        id: r.id.clone(),
+        text: r.text.clone(),
+        status: r.status.as_str().to_string(),
+        rounds_done: r.rounds_done,
+        max_rounds: r.max_rounds,
+        updated_unix: r.updated_unix,
+    }
+}
+
+/// The index's state against the working tree (blocking: it scans the repository).
+fn index_state(root: &std::path::Path, opts: &crate::index::Options) -> EventMsg {
+    match crate::index::status(root, opts) {
+        Ok(st) => EventMsg::IndexState {
+            exists: st.exists,
+            stale: st.is_stale(),
+            files: st.current + st.changed.len() as u64,
+            chunks: st.chunks,
+        },
+        Err(e) => EventMsg::Error {
+            message: format!("cannot read the index state: {e}"),
+            fix: Some("run `troupe index`".into()),
+        },
+    }
+}
+
+/// Updates the full-text index, reporting progress, then its state.
+async fn update_index(
+    root: PathBuf,
+    opts: crate::index::Options,
+    id: String,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let send = {
+        let events = events.clone();
+        let id = id.clone();
+        move |msg: EventMsg| {
+            let _ = events.send(Event {
+                id: id.clone(),
+                agent: None,
+                msg,
+            });
+        }
+    };
+    let progress_send = send.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let (mut phase, mut done, mut total) = (String::new(), 0u64, 0u64);
+        let mut last = std::time::Instant::now();
+        let result = crate::index::update(&root, &opts, &mut |p| {
+            match p {
+                crate::index::Progress::Phase { name, total: t } => {
+                    (phase, done, total) = (name.to_string(), 0, t);
+                }
+                crate::index::Progress::Advance(n) => done += n,
+                crate::index::Progress::Waiting => phase = "waiting for another indexer".into(),
+            }
+            // At most ten updates a second, plus every phase change.
+            if done == 0 || done >= total || last.elapsed() >= Duration::from_millis(100) {
+                last = std::time::Instant::now();
+                progress_send(EventMsg::IndexProgress {
+                    phase: phase.clone(),
+                    done,
+                    total,
+                });
+            }
+        });
+        result.map(|_| index_state(&root, &opts))
+    })
+    .await;
+    match done {
+        Ok(Ok(state)) => send(state),
+        Ok(Err(e)) => send(EventMsg::Error {
+            message: format!("indexing failed: {e}"),
+            fix: Some("run `troupe index` in a terminal to see the details".into()),
+        }),
+        Err(e) => send(EventMsg::Error {
+            message: format!("indexing stopped: {e}"),
+            fix: None,
+        }),
     }
 }

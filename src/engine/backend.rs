@@ -4,7 +4,7 @@
 
 use super::request::{GenerateRequest, RequestId};
 use super::stream::GenerationStream;
-use super::thread::Engine;
+use super::thread::{Engine, EngineMetrics};
 
 /// Somewhere requests are generated.
 pub trait Backend: Send + Sync {
@@ -26,6 +26,12 @@ pub trait Backend: Send + Sync {
 
     /// A short human-readable description (model path or endpoint URL).
     fn describe(&self) -> String;
+
+    /// The back end's live counters, when it keeps them (the embedded engine does; a remote
+    /// server does not, and returns `None`).
+    fn metrics(&self) -> Option<EngineMetrics> {
+        None
+    }
 }
 
 impl Backend for Engine {
@@ -43,5 +49,9 @@ impl Backend for Engine {
 
     fn describe(&self) -> String {
         format!("llama.cpp (embedded): {}", self.model_info().path.display())
+    }
+
+    fn metrics(&self) -> Option<EngineMetrics> {
+        Some(Engine::metrics(self))
     }
 }

@@ -209,6 +209,12 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 format!("answered from {} code chunks", citations.len())
             }
             EventMsg::ShutdownComplete => return Ok(()),
+            EventMsg::TaskList { .. } | EventMsg::TaskOpened { .. } => return Ok(()),
+            EventMsg::IndexState { exists, stale, .. } => match (exists, stale) {
+                (false, _) => "no index; build it with `troupe index`".to_string(),
+                (true, true) => "the index is stale; update it with `troupe index`".to_string(),
+                (true, false) => "the index is current".to_string(),
+            },
         };
         writeln!(self.out, "{line}")
     }

@@ -64,6 +64,27 @@ pub enum Op {
     Review { spec: ReviewSpec },
     /// Finish: cancel running work and end the event stream.
     Shutdown,
+    /// List the repository's saved tasks (answered by `TaskList`).
+    ListTasks,
+    /// Load a saved task's record and event log (answered by `TaskOpened`).
+    OpenTask { task_id: String },
+    /// Say whether the repository's index exists and is current (answered by `IndexState`).
+    IndexStatus,
+    /// Build or update the full-text index (`IndexProgress` while it runs, then `IndexState`).
+    UpdateIndex,
+}
+
+/// A saved task, as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub id: String,
+    pub text: String,
+    /// `running`, `converged`, `budget_exhausted`, `cancelled`, `failed`, `applied`, `discarded`.
+    pub status: String,
+    pub rounds_done: u32,
+    pub max_rounds: u32,
+    /// Seconds since the epoch.
+    pub updated_unix: u64,
 }
 
 /// The new side of a reviewed change.
@@ -363,6 +384,23 @@ pub enum EventMsg {
     },
     /// The session ended; no events follow.
     ShutdownComplete,
+    /// The saved tasks, newest first.
+    TaskList {
+        tasks: Vec<TaskSummary>,
+    },
+    /// A saved task's record and every event it logged, in order.
+    TaskOpened {
+        task: TaskSummary,
+        events: Vec<Event>,
+    },
+    /// The state of the repository's index: whether it exists, whether the working tree has
+    /// changed since, and what it holds.
+    IndexState {
+        exists: bool,
+        stale: bool,
+        files: u64,
+        chunks: u64,
+    },
 }
 
 /// Writes one event as a single JSON line and flushes, so a reader sees it at once.
