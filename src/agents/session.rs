@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::ask;
 use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart, run_task};
 use super::roles::Roles;
 use super::search::{CodeSearch, IndexedSearch};
 use super::{Error, Result, store};
+use super::{ask, explain, rewrite};
 use crate::config::{BackendKind, Config};
 use crate::engine::{Backend, Engine, EngineOptions};
 use crate::protocol::{Event, EventMsg, Op, Submission};
@@ -56,6 +56,8 @@ impl SessionOptions {
 
 /// Tokens of a one-shot answer at most.
 const ASK_MAX_TOKENS: u32 = 768;
+/// Tokens of a proposed edit at most (a rewrite may be as long as the selection).
+const EDIT_MAX_TOKENS: u32 = 2048;
 
 /// A running session: submit ops, read events.
 pub struct Session {
@@ -132,7 +134,18 @@ impl Session {
         let ask_budget = (options.config.retrieve.context_tokens as usize)
             .min(ctx.saturating_sub(ASK_MAX_TOKENS as usize + 256))
             .max(256);
-        tokio::spawn(core(env, model, ask_budget, sub_rx, ev_tx));
+        // `agents.max_tokens`, when set, caps answers and explanations too (edits are bounded by
+        // their grammar and the selection's size instead).
+        let cap = match options.config.agents.max_tokens {
+            0 => u32::MAX,
+            n => n,
+        };
+        let one_shot = OneShot {
+            budget: ask_budget,
+            ask_tokens: ASK_MAX_TOKENS.min(cap),
+            edit_tokens: EDIT_MAX_TOKENS,
+        };
+        tokio::spawn(core(env, model, one_shot, sub_rx, ev_tx));
         Session {
             tx: sub_tx,
             rx: ev_rx,
@@ -154,7 +167,7 @@ impl Session {
 async fn core(
     env: TaskEnv,
     model: String,
-    ask_budget: usize,
+    one_shot: OneShot,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -264,8 +277,8 @@ async fn core(
                     backend: Arc::clone(&env.backend),
                     search: Arc::clone(&env.search),
                     repo_root: env.repo_root.clone(),
-                    context_tokens: ask_budget,
-                    max_tokens: ASK_MAX_TOKENS,
+                    context_tokens: one_shot.budget,
+                    max_tokens: one_shot.ask_tokens,
                 };
                 let events = events.clone();
                 tasks.spawn(async move {
@@ -288,6 +301,40 @@ async fn core(
                 shutdown_id = id;
                 break;
             }
+            Op::Explain {
+                file,
+                range,
+                content,
+            } => {
+                let shot_env = one_shot_env(&env, one_shot.budget, one_shot.ask_tokens);
+                let emit = emitter(&events, id);
+                tasks.spawn(async move {
+                    let sel = explain::Selection {
+                        file,
+                        range,
+                        content,
+                    };
+                    explain::explain(&shot_env, sel, &emit).await;
+                });
+            }
+            Op::Edit {
+                file,
+                range,
+                instruction,
+                content,
+            } => {
+                let shot_env = one_shot_env(&env, one_shot.budget, one_shot.edit_tokens);
+                let emit = emitter(&events, id);
+                tasks.spawn(async move {
+                    let req = rewrite::EditRequest {
+                        file,
+                        range,
+                        instruction,
+                        content,
+                    };
+                    rewrite::propose(&shot_env, req, &emit).await;
+                });
+            }
         }
     }
     // Shutting down: cancel what runs, give it a moment to record its end, then stop it.
@@ -302,6 +349,43 @@ async fn core(
         tasks.abort_all();
     }
     send(&shutdown_id, EventMsg::ShutdownComplete);
+}
+
+/// Budgets of one-shot requests (ask, explain, edit).
+#[derive(Debug, Clone, Copy)]
+struct OneShot {
+    /// Tokens of repository excerpts.
+    budget: usize,
+    /// Tokens of an answer or explanation at most.
+    ask_tokens: u32,
+    /// Tokens of a proposed edit at most.
+    edit_tokens: u32,
+}
+
+/// What a one-shot request (explain, edit) needs of the session.
+fn one_shot_env(env: &TaskEnv, budget: usize, max_tokens: u32) -> ask::AskEnv {
+    ask::AskEnv {
+        backend: Arc::clone(&env.backend),
+        search: Arc::clone(&env.search),
+        repo_root: env.repo_root.clone(),
+        context_tokens: budget,
+        max_tokens,
+    }
+}
+
+/// Sends the events of one-shot request `id` (as the `assistant` agent).
+fn emitter(
+    events: &mpsc::UnboundedSender<Event>,
+    id: String,
+) -> impl Fn(EventMsg) + Send + Sync + 'static {
+    let events = events.clone();
+    move |msg: EventMsg| {
+        let _ = events.send(Event {
+            id: id.clone(),
+            agent: Some(ask::AGENT.to_string()),
+            msg,
+        });
+    }
 }
 
 fn spawn_task(

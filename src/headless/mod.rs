@@ -196,6 +196,13 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 format!("answered from {} code chunks", citations.len())
             }
             EventMsg::ShutdownComplete => return Ok(()),
+            EventMsg::ExplainComplete { citations, .. } => {
+                format!("explained from {} code chunks", citations.len())
+            }
+            EventMsg::EditComplete { proposal: p } => format!(
+                "proposed an edit of {}: +{} -{}",
+                p.path, p.lines_added, p.lines_removed
+            ),
         };
         writeln!(self.out, "{line}")
     }
