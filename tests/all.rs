@@ -6,5 +6,6 @@ mod common;
 
 mod ask;
 mod cli;
+mod editor;
 mod index;
 mod run;
