@@ -533,3 +533,95 @@ fn the_language_server_explains_and_edits_open_buffers_and_exits_cleanly() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// Waits until `path` exists or `limit` passes.
+fn wait_for(path: &Path, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[cfg(unix)]
+#[test]
+fn one_shot_commands_reuse_a_running_language_server() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let socket = repo.path().join(".troupe/editor.sock");
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    assert!(wait_for(&socket, SHORT), "troupe lsp listens on {socket:?}");
+
+    // A model path that does not exist: run in-process, this would fail; the running server's
+    // model answers instead.
+    let out = env.troupe(
+        repo.path(),
+        &[
+            "--model",
+            "/nonexistent/model.gguf",
+            "--json",
+            "explain",
+            "--file",
+            "src/money.py",
+            "--range",
+            "6:7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(!v["explanation"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(v["citations"][0]["start_line"], 6);
+
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+        SHORT,
+    );
+    lsp.request(2, "shutdown", Value::Null, SHORT);
+    lsp.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lsp.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "troupe lsp did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stale_socket_is_removed_and_the_command_runs_in_process() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let socket = repo.path().join(".troupe/editor.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    // A socket file whose server is gone.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let args = with(
+        &model,
+        &[
+            "--json",
+            "explain",
+            "--file",
+            "src/money.py",
+            "--range",
+            "1:3",
+        ],
+    );
+    let out = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["citations"][0]["end_line"], 3);
+    assert!(!socket.exists(), "the stale socket was removed");
+}

@@ -194,11 +194,15 @@ struct Server {
     pending: HashMap<String, Pending>,
     next_id: u64,
     edit_instruction: String,
+    /// Requests of one-shot commands over the socket: session id -> (their id, their events).
+    remote: HashMap<String, (String, mpsc::UnboundedSender<Event>)>,
 }
 
 enum Input {
     Client(Option<Incoming>),
     Session(Option<Event>),
+    #[cfg(unix)]
+    Remote(super::instance::Request),
 }
 
 impl Server {
@@ -214,11 +218,25 @@ impl Server {
             pending: HashMap::new(),
             next_id: 0,
             edit_instruction: DEFAULT_INSTRUCTION.into(),
+            remote: HashMap::new(),
         }
     }
 
     async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Incoming>) -> anyhow::Result<u8> {
+        // One-shot commands of this repository reuse this process's model through the socket.
+        #[cfg(unix)]
+        let (_listener, mut requests) = {
+            let (tx, requests) = mpsc::unbounded_channel();
+            (super::instance::listen(&self.repo, tx).await, requests)
+        };
         loop {
+            #[cfg(unix)]
+            let input = tokio::select! {
+                m = rx.recv() => Input::Client(m),
+                e = next_session_event(&mut self.session) => Input::Session(e),
+                Some(r) = requests.recv() => Input::Remote(r),
+            };
+            #[cfg(not(unix))]
             let input = tokio::select! {
                 m = rx.recv() => Input::Client(m),
                 e = next_session_event(&mut self.session) => Input::Session(e),
@@ -242,10 +260,23 @@ impl Server {
                         return Ok(code);
                     }
                 }
+                #[cfg(unix)]
+                Input::Remote(r) => self.on_remote(r).await,
                 Input::Session(Some(event)) => self.on_event(event)?,
                 Input::Session(None) => {
                     // The session stopped: fail whatever waits on it, start afresh next time.
                     self.session = None;
+                    for (_, (id, reply)) in std::mem::take(&mut self.remote) {
+                        let msg = EventMsg::Error {
+                            message: "the running instance's session stopped".into(),
+                            fix: None,
+                        };
+                        let _ = reply.send(Event {
+                            id,
+                            agent: None,
+                            msg,
+                        });
+                    }
                     for (_, p) in std::mem::take(&mut self.pending) {
                         let e = error_response(p.request, REQUEST_FAILED, "the session stopped");
                         self.send(&e)?;
@@ -486,16 +517,9 @@ impl Server {
                 content: Some(target.text.clone()),
             }
         };
-        if self.session.is_none() {
-            let session = Session::start(self.options.clone()).await.map_err(|e| {
-                let fix = match crate::agents::session::error_event(&e) {
-                    EventMsg::Error { fix: Some(fix), .. } => format!("; {fix}"),
-                    _ => String::new(),
-                };
-                (REQUEST_FAILED, format!("{e}{fix}"))
-            })?;
-            self.session = Some(session);
-        }
+        self.ensure_session()
+            .await
+            .map_err(|m| (REQUEST_FAILED, m))?;
         self.next_id += 1;
         let sub_id = format!("lsp-{}", self.next_id);
         let submitted = match &self.session {
@@ -518,14 +542,63 @@ impl Server {
         Ok(())
     }
 
+    /// Starts the session (and loads the model) if it is not running.
+    async fn ensure_session(&mut self) -> Result<(), String> {
+        if self.session.is_none() {
+            let session = Session::start(self.options.clone()).await.map_err(|e| {
+                match crate::agents::session::error_event(&e) {
+                    EventMsg::Error { fix: Some(fix), .. } => format!("{e}; {fix}"),
+                    _ => e.to_string(),
+                }
+            })?;
+            self.session = Some(session);
+        }
+        Ok(())
+    }
+
+    /// A one-shot command's request over the socket: run on this session, events sent back.
+    #[cfg(unix)]
+    async fn on_remote(&mut self, r: super::instance::Request) {
+        let super::instance::Request { submission, reply } = r;
+        let fail = |message: String| {
+            let msg = EventMsg::Error { message, fix: None };
+            let _ = reply.send(Event {
+                id: submission.id.clone(),
+                agent: None,
+                msg,
+            });
+        };
+        if let Err(message) = self.ensure_session().await {
+            return fail(message);
+        }
+        self.next_id += 1;
+        let sub_id = format!("socket-{}", self.next_id);
+        let sent = match &self.session {
+            Some(s) => s.submit(Submission {
+                id: sub_id.clone(),
+                op: submission.op.clone(),
+            }),
+            None => return fail("the session did not start".into()),
+        };
+        if let Err(e) = sent {
+            return fail(e.to_string());
+        }
+        self.remote.insert(sub_id, (submission.id, reply));
+    }
+
     fn on_event(&mut self, event: Event) -> anyhow::Result<()> {
-        let done = matches!(
-            event.msg,
-            EventMsg::ExplainComplete { .. }
-                | EventMsg::EditComplete { .. }
-                | EventMsg::Error { .. }
-        );
-        if !done {
+        if let Some((id, reply)) = self.remote.get(&event.id) {
+            let last = is_final(&event.msg);
+            let _ = reply.send(Event {
+                id: id.clone(),
+                ..event.clone()
+            });
+            if last {
+                self.remote.remove(&event.id);
+            }
+            return Ok(());
+        }
+        if !is_final(&event.msg) {
             return Ok(());
         }
         let Some(p) = self.pending.remove(&event.id) else {
@@ -594,6 +667,17 @@ impl Server {
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     }
+}
+
+/// Whether `msg` ends a one-shot request.
+fn is_final(msg: &EventMsg) -> bool {
+    matches!(
+        msg,
+        EventMsg::AskComplete { .. }
+            | EventMsg::ExplainComplete { .. }
+            | EventMsg::EditComplete { .. }
+            | EventMsg::Error { .. }
+    )
 }
 
 async fn next_session_event(session: &mut Option<Session>) -> Option<Event> {

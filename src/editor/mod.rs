@@ -11,8 +11,12 @@
 //! - edit: `{"path","start_line","end_line","diff","new_text","replacement","lines_added",
 //!   "lines_removed","stats":{...},"written"}`
 //!
-//! Files and ranges are checked before the model loads, so a bad location fails at once.
+//! Files and ranges are checked before the model loads, so a bad location fails at once. When a
+//! `troupe lsp` of the repository is running, the one-shot commands send their request to it
+//! ([`instance`]) instead of loading the model again.
 
+#[cfg(unix)]
+pub mod instance;
 pub mod lsp;
 
 use std::io::{Read, Write};
@@ -186,7 +190,8 @@ pub fn edit(ctx: &Context, args: &EditArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// Starts a session, submits `op` and feeds its events to `handle` (with stdout) until it
+/// Submits `op` to the running instance of the repository (`troupe lsp`) when one listens,
+/// else to a session started here, and feeds its events to `handle` (with stdout) until it
 /// returns an exit code. An `Error` event ends the command with its message and fix.
 fn one_shot(
     ctx: &Context,
@@ -200,15 +205,14 @@ fn one_shot(
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let options = SessionOptions::new(repo, ctx.config.config.clone());
-        let mut session = Session::start(options).await?;
-        session.submit(Submission {
+        let submission = Submission {
             id: "editor".into(),
             op,
-        })?;
+        };
+        let mut link = Link::open(ctx, repo, &submission).await?;
         let mut out = std::io::stdout().lock();
         loop {
-            let Some(event) = next_event(&mut session).await? else {
+            let Some(event) = link.next_event().await? else {
                 bail!("the session ended before the answer was complete");
             };
             if event.id != "editor" {
@@ -229,11 +233,47 @@ fn one_shot(
     })
 }
 
-/// The next event, with a generous bound: a slow CPU answers at a few tokens per second.
-async fn next_event(session: &mut Session) -> anyhow::Result<Option<Event>> {
-    tokio::time::timeout(Duration::from_secs(1800), session.next_event())
-        .await
-        .context("no answer from the model for 30 minutes")
+/// Where a one-shot request runs: a running instance, or a session of this process.
+enum Link {
+    #[cfg(unix)]
+    Remote(instance::Remote),
+    Local(Box<Session>),
+}
+
+impl Link {
+    /// Sends `submission` to the running instance if there is one, else starts a session.
+    async fn open(ctx: &Context, repo: &Path, submission: &Submission) -> anyhow::Result<Link> {
+        #[cfg(unix)]
+        if let Some(mut remote) = instance::connect(repo).await {
+            match remote.submit(submission).await {
+                Ok(()) => {
+                    tracing::info!("sent to the running instance of {}", repo.display());
+                    return Ok(Link::Remote(remote));
+                }
+                Err(e) => tracing::info!("the running instance did not take the request: {e}"),
+            }
+        }
+        let options = SessionOptions::new(repo, ctx.config.config.clone());
+        let session = Session::start(options).await?;
+        session.submit(submission.clone())?;
+        Ok(Link::Local(Box::new(session)))
+    }
+
+    /// The next event, with a generous bound: a slow CPU answers at a few tokens per second.
+    async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
+        let limit = Duration::from_secs(1800);
+        let late = "no answer from the model for 30 minutes";
+        match self {
+            #[cfg(unix)]
+            Link::Remote(r) => tokio::time::timeout(limit, r.next_event())
+                .await
+                .context(late)?
+                .context("reading from the running troupe instance"),
+            Link::Local(s) => tokio::time::timeout(limit, s.next_event())
+                .await
+                .context(late),
+        }
+    }
 }
 
 /// Prints an answer's end: the JSON object, or the sources and (on stderr) the stats.
