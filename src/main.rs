@@ -82,6 +82,36 @@ enum Command {
         #[arg(long, value_name = "A:B")]
         range: Option<String>,
     },
+    /// Explain code of a file (streamed; --json: one object).
+    Explain {
+        /// The file (relative to the repository root, or absolute inside it).
+        #[arg(long, value_name = "F")]
+        file: String,
+        /// Lines A to B of --file (1-based, inclusive; default: the whole file).
+        #[arg(long, value_name = "A:B")]
+        range: Option<String>,
+    },
+    /// Propose a change to a file or a range of its lines; prints a unified diff.
+    Edit {
+        /// The file (relative to the repository root, or absolute inside it).
+        #[arg(long, value_name = "F")]
+        file: String,
+        /// Lines A to B of --file (1-based, inclusive); no line outside them changes.
+        #[arg(long, value_name = "A:B")]
+        range: Option<String>,
+        /// What to change.
+        #[arg(long, value_name = "TEXT")]
+        instruction: String,
+        /// Write the change to the file, only if the file still has the content the edit was
+        /// made from.
+        #[arg(long)]
+        write: bool,
+        /// Read the file's current content (an unsaved editor buffer) from stdin.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Language server over stdio (code actions "troupe: explain" and "troupe: edit selection").
+    Lsp,
     /// Run a writer/reviewer/tester task headless (exit 0 converged, 1 not converged).
     Run {
         /// What to do; `-` reads it from stdin.
@@ -342,6 +372,24 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
                 output: output.clone(),
             },
         ),
+        Command::Explain { file, range } => troupe::editor::explain(&ctx, file, range.as_deref()),
+        Command::Edit {
+            file,
+            range,
+            instruction,
+            write,
+            stdin,
+        } => troupe::editor::edit(
+            &ctx,
+            &troupe::editor::EditArgs {
+                file: file.clone(),
+                range: range.clone(),
+                instruction: instruction.clone(),
+                write: *write,
+                stdin: *stdin,
+            },
+        ),
+        Command::Lsp => troupe::editor::lsp::run(&ctx),
         Command::Run {
             task,
             max_rounds,

@@ -6,6 +6,7 @@ mod common;
 
 mod ask;
 mod cli;
+mod editor;
 mod index;
 mod review;
 mod run;

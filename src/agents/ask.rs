@@ -49,11 +49,11 @@ pub struct AskEnv {
 
 /// One excerpt given to the model.
 #[derive(Debug, Clone)]
-struct Excerpt {
-    path: String,
-    start_line: u32,
-    end_line: u32,
-    text: String,
+pub(crate) struct Excerpt {
+    pub path: String,
+    pub start_line: u32,
+    pub end_line: u32,
+    pub text: String,
 }
 
 /// Answers `q`, sending each piece of the answer through `emit` as it streams, then an
@@ -73,18 +73,38 @@ async fn answer_inner(
     if q.text.trim().is_empty() {
         return Err("the question is empty: pass it as an argument or on stdin with `-`".into());
     }
-    let mut excerpts = Vec::new();
-    if let Some(file) = &q.file {
-        excerpts.push(file_excerpt(&env.repo_root, file, q.range)?);
-    }
+    let first = match &q.file {
+        Some(file) => Some(file_excerpt(&env.repo_root, file, q.range)?),
+        None => None,
+    };
+    let (answer, citations, stats) = respond(env, SYSTEM, &q.text, first, emit).await?;
+    Ok(EventMsg::AskComplete {
+        answer,
+        citations,
+        stats,
+    })
+}
+
+/// Answers `question` under the system prompt template `system` (rendered with `repo`): `first`
+/// (the user's own file or selection) comes first, then the best excerpts of the search, packed
+/// into the budget. Streams the answer through `emit` and ends with an `AgentMessage`; returns
+/// the answer, the excerpts it was given and the request's statistics.
+pub(crate) async fn respond(
+    env: &AskEnv,
+    system: &str,
+    question: &str,
+    first: Option<Excerpt>,
+    emit: &(dyn Fn(EventMsg) + Send + Sync),
+) -> Result<(String, Vec<Citation>, RequestStats), String> {
+    let mut excerpts: Vec<Excerpt> = first.into_iter().collect();
     // Search with the question and, when there is one, the selected code.
     let query = match excerpts.first() {
         Some(e) => format!(
             "{} {}",
-            q.text,
+            question,
             e.text.chars().take(400).collect::<String>()
         ),
-        None => q.text.clone(),
+        None => question.to_string(),
     };
     let search = Arc::clone(&env.search);
     let root = env.repo_root.clone();
@@ -114,8 +134,8 @@ async fn answer_inner(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "repository".into());
     let system = minijinja::Environment::new()
-        .render_str(SYSTEM, minijinja::context! { repo => repo_name })
-        .map_err(|e| format!("prompts/ask.md does not render: {e}"))?;
+        .render_str(system, minijinja::context! { repo => repo_name })
+        .map_err(|e| format!("a prompt of prompts/ does not render: {e}"))?;
     let mut user = String::new();
     if excerpts.is_empty() {
         user.push_str("(no code of the repository matched the question)\n\n");
@@ -130,7 +150,7 @@ async fn answer_inner(
             e.text.trim_end()
         ));
     }
-    user.push_str(&format!("Question: {}", q.text.trim()));
+    user.push_str(&format!("Question: {}", question.trim()));
 
     let request = GenerateRequest::chat(vec![ChatMessage::system(system), ChatMessage::user(user)])
         .with_max_tokens(env.max_tokens)
@@ -154,18 +174,15 @@ async fn answer_inner(
     emit(EventMsg::AgentMessage {
         text: answer.clone(),
     });
-    Ok(EventMsg::AskComplete {
-        answer,
-        citations: excerpts
-            .into_iter()
-            .map(|e| Citation {
-                path: e.path,
-                start_line: e.start_line,
-                end_line: e.end_line,
-            })
-            .collect(),
-        stats,
-    })
+    let citations = excerpts
+        .into_iter()
+        .map(|e| Citation {
+            path: e.path,
+            start_line: e.start_line,
+            end_line: e.end_line,
+        })
+        .collect();
+    Ok((answer, citations, stats))
 }
 
 /// The lines of `file` the question is about (the whole file when it is short enough for the

@@ -13,6 +13,8 @@
 //!   a commit per round on `troupe/<task>`, until approved and tested or out of budget.
 //! - [`store`]: everything persisted under `.troupe/tasks/<id>/` as it happens; list, show,
 //!   apply and discard.
+//! - [`ask`], [`explain`], [`rewrite`]: the editor's one-shot requests (questions, explanations,
+//!   proposed edits of a range); [`target`] checks the file and range they point at.
 //! - [`session`]: the facade the front ends share.
 //!
 //! Depends on engine, retrieve, git, config, models, protocol (and the chunker of `index` for
@@ -30,12 +32,15 @@ pub mod ask;
 pub mod context;
 pub mod edit;
 pub mod exec;
+pub mod explain;
 pub mod orchestrator;
 pub mod review;
+pub mod rewrite;
 pub mod roles;
 pub mod search;
 pub mod session;
 pub mod store;
+pub mod target;
 pub mod tools;
 
 #[cfg(test)]

@@ -13,12 +13,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::ask;
 use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart, run_task};
 use super::review::{self, ModelIdentity};
 use super::roles::Roles;
 use super::search::{CodeSearch, IndexedSearch};
 use super::{Error, Result, store};
+use super::{ask, explain, rewrite};
 use crate::config::{BackendKind, Config};
 use crate::engine::{Backend, Engine, EngineOptions};
 use crate::protocol::{Event, EventMsg, Op, Submission};
@@ -57,6 +57,8 @@ impl SessionOptions {
 
 /// Tokens of a one-shot answer at most.
 const ASK_MAX_TOKENS: u32 = 768;
+/// Tokens of a proposed edit at most (a rewrite may be as long as the selection).
+const EDIT_MAX_TOKENS: u32 = 2048;
 
 /// A running session: submit ops, read events.
 pub struct Session {
@@ -161,6 +163,17 @@ impl Session {
         let ask_budget = (options.config.retrieve.context_tokens as usize)
             .min(ctx.saturating_sub(ASK_MAX_TOKENS as usize + 256))
             .max(256);
+        // `agents.max_tokens`, when set, caps answers and explanations too (edits are bounded by
+        // their grammar and the selection's size instead).
+        let cap = match options.config.agents.max_tokens {
+            0 => u32::MAX,
+            n => n,
+        };
+        let one_shot = OneShot {
+            budget: ask_budget,
+            ask_tokens: ASK_MAX_TOKENS.min(cap),
+            edit_tokens: EDIT_MAX_TOKENS,
+        };
         let review_cfg = ReviewSetup {
             config: options.config.review.clone(),
             model: model.clone(),
@@ -174,13 +187,7 @@ impl Session {
         index_opts.scan.max_file_bytes = options.config.index.max_file_bytes;
         index_opts.scan.exclude = options.config.index.exclude.clone();
         tokio::spawn(core(
-            env,
-            model,
-            ask_budget,
-            review_cfg,
-            index_opts,
-            sub_rx,
-            ev_tx,
+            env, model, one_shot, review_cfg, index_opts, sub_rx, ev_tx,
         ));
         Session {
             tx: sub_tx,
@@ -210,7 +217,7 @@ struct ReviewSetup {
 async fn core(
     env: TaskEnv,
     model: String,
-    ask_budget: usize,
+    one_shot: OneShot,
     review_setup: ReviewSetup,
     index_opts: crate::index::Options,
     mut subs: mpsc::UnboundedReceiver<Submission>,
@@ -331,8 +338,8 @@ async fn core(
                     backend: Arc::clone(&env.backend),
                     search: Arc::clone(&env.search),
                     repo_root: env.repo_root.clone(),
-                    context_tokens: ask_budget,
-                    max_tokens: ASK_MAX_TOKENS,
+                    context_tokens: one_shot.budget,
+                    max_tokens: one_shot.ask_tokens,
                 };
                 let events = events.clone();
                 tasks.spawn(async move {
@@ -422,6 +429,40 @@ async fn core(
                     (env.repo_root.clone(), index_opts.clone(), events.clone());
                 tasks.spawn(update_index(root, opts, id, events));
             }
+            Op::Explain {
+                file,
+                range,
+                content,
+            } => {
+                let shot_env = one_shot_env(&env, one_shot.budget, one_shot.ask_tokens);
+                let emit = emitter(&events, id);
+                tasks.spawn(async move {
+                    let sel = explain::Selection {
+                        file,
+                        range,
+                        content,
+                    };
+                    explain::explain(&shot_env, sel, &emit).await;
+                });
+            }
+            Op::Edit {
+                file,
+                range,
+                instruction,
+                content,
+            } => {
+                let shot_env = one_shot_env(&env, one_shot.budget, one_shot.edit_tokens);
+                let emit = emitter(&events, id);
+                tasks.spawn(async move {
+                    let req = rewrite::EditRequest {
+                        file,
+                        range,
+                        instruction,
+                        content,
+                    };
+                    rewrite::propose(&shot_env, req, &emit).await;
+                });
+            }
         }
     }
     // Shutting down: cancel what runs, give it a moment to record its end, then stop it.
@@ -436,6 +477,43 @@ async fn core(
         tasks.abort_all();
     }
     send(&shutdown_id, EventMsg::ShutdownComplete);
+}
+
+/// Budgets of one-shot requests (ask, explain, edit).
+#[derive(Debug, Clone, Copy)]
+struct OneShot {
+    /// Tokens of repository excerpts.
+    budget: usize,
+    /// Tokens of an answer or explanation at most.
+    ask_tokens: u32,
+    /// Tokens of a proposed edit at most.
+    edit_tokens: u32,
+}
+
+/// What a one-shot request (explain, edit) needs of the session.
+fn one_shot_env(env: &TaskEnv, budget: usize, max_tokens: u32) -> ask::AskEnv {
+    ask::AskEnv {
+        backend: Arc::clone(&env.backend),
+        search: Arc::clone(&env.search),
+        repo_root: env.repo_root.clone(),
+        context_tokens: budget,
+        max_tokens,
+    }
+}
+
+/// Sends the events of one-shot request `id` (as the `assistant` agent).
+fn emitter(
+    events: &mpsc::UnboundedSender<Event>,
+    id: String,
+) -> impl Fn(EventMsg) + Send + Sync + 'static {
+    let events = events.clone();
+    move |msg: EventMsg| {
+        let _ = events.send(Event {
+            id: id.clone(),
+            agent: Some(ask::AGENT.to_string()),
+            msg,
+        });
+    }
 }
 
 fn spawn_task(

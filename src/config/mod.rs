@@ -379,7 +379,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "agents.max_tokens",
-        "tokens per model call of an agent; 0 uses each role's max_tokens",
+        "tokens per model call of an agent, and of ask/explain answers; 0 uses each role's max_tokens (answers: 768)",
     ),
     (
         "agents.time_budget_secs",

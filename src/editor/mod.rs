@@ -1,18 +1,34 @@
 //! Editor front end: one-shot commands an editor runs with the current file and selection
-//! (`troupe ask`). Speaks only to [`crate::agents`] and [`crate::protocol`] (a test enforces it).
+//! (`troupe ask`, `troupe explain`, `troupe edit`) and a language server over stdio
+//! (`troupe lsp`, in [`lsp`]). Speaks only to [`crate::agents`] and [`crate::protocol`] (a test
+//! enforces it).
 //!
-//! Text mode streams the answer to stdout as it is generated, then the cited code; `--json`
-//! prints one object at the end: `{"answer","citations":[{"path","start_line","end_line"}],
-//! "stats":{...}}`, a shape scripts and editor plugins may rely on.
+//! Text mode streams answers to stdout as they are generated; `--json` prints one object at the
+//! end, a shape scripts and editor plugins may rely on:
+//!
+//! - ask: `{"answer","citations":[{"path","start_line","end_line"}],"stats":{...}}`
+//! - explain: `{"explanation","citations":[...],"stats":{...}}`
+//! - edit: `{"path","start_line","end_line","diff","new_text","replacement","lines_added",
+//!   "lines_removed","stats":{...},"written"}`
+//!
+//! Files and ranges are checked before the model loads, so a bad location fails at once. When a
+//! `troupe lsp` of the repository is running, the one-shot commands send their request to it
+//! ([`instance`]) instead of loading the model again.
+
+#[cfg(unix)]
+pub mod instance;
+pub mod lsp;
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::agents::target::{LocationError, Target, write_if_unchanged};
 use crate::agents::{Session, SessionOptions};
 use crate::commands::{Context, exit};
-use crate::protocol::{EventMsg, Op, Submission};
+use crate::protocol::{Citation, Event, EventMsg, Op, RequestStats, Submission};
 
 /// Where in a file a question points.
 #[derive(Debug, Clone, Default)]
@@ -26,11 +42,7 @@ pub struct Location {
 /// `troupe ask QUESTION|- [--file F [--line L | --range A:B]]`.
 pub fn ask(ctx: &Context, question: &str, at: &Location) -> anyhow::Result<u8> {
     let question = if question == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the question from stdin")?;
-        text
+        read_stdin("the question")?
     } else {
         question.to_string()
     };
@@ -44,91 +56,304 @@ pub fn ask(ctx: &Context, question: &str, at: &Location) -> anyhow::Result<u8> {
         (_, None, Some(r)) => Some(parse_range(r)?),
         (_, None, None) => None,
     };
-    let Some(repo) = ctx.repo.clone() else {
-        bail!(
-            "{}",
-            ctx.repo_error
-                .clone()
-                .unwrap_or_else(|| "not inside a git repository".into())
-        );
+    let repo = repo_root(ctx)?;
+    let file = at.file.as_deref().map(|f| repo_relative(&repo, f));
+    let op = Op::Ask {
+        question,
+        file,
+        range,
     };
+    one_shot(ctx, &repo, op, |msg, out| match msg {
+        EventMsg::AgentMessageDelta { delta } if !ctx.json => {
+            out.write_all(delta.as_bytes())?;
+            out.flush()?;
+            Ok(None)
+        }
+        EventMsg::AskComplete {
+            answer,
+            citations,
+            stats,
+        } => {
+            let json = serde_json::json!({
+                "answer": answer,
+                "citations": citations,
+                "stats": stats,
+            });
+            finish_answer(ctx, out, json, &citations, &stats)?;
+            Ok(Some(exit::OK))
+        }
+        _ => Ok(None),
+    })
+}
+
+/// `troupe explain --file F [--range A:B]`.
+pub fn explain(ctx: &Context, file: &str, range: Option<&str>) -> anyhow::Result<u8> {
+    let repo = repo_root(ctx)?;
+    let range = range.map(parse_range).transpose()?;
+    let file = repo_relative(&repo, file);
+    // Checked here so a bad location fails before the model loads.
+    let target = Target::load(&repo, &file, None).map_err(located)?;
+    target.check_range(range).map_err(located)?;
+    let op = Op::Explain {
+        file,
+        range,
+        content: Some(target.text),
+    };
+    one_shot(ctx, &repo, op, |msg, out| match msg {
+        EventMsg::AgentMessageDelta { delta } if !ctx.json => {
+            out.write_all(delta.as_bytes())?;
+            out.flush()?;
+            Ok(None)
+        }
+        EventMsg::ExplainComplete {
+            explanation,
+            citations,
+            stats,
+        } => {
+            let json = serde_json::json!({
+                "explanation": explanation,
+                "citations": citations,
+                "stats": stats,
+            });
+            finish_answer(ctx, out, json, &citations, &stats)?;
+            Ok(Some(exit::OK))
+        }
+        _ => Ok(None),
+    })
+}
+
+/// What `troupe edit` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct EditArgs {
+    pub file: String,
+    /// `A:B`, 1-based inclusive.
+    pub range: Option<String>,
+    pub instruction: String,
+    /// Write the change to the file (only if it still has the content the edit was made from).
+    pub write: bool,
+    /// Take the file's current content (an unsaved editor buffer) from stdin.
+    pub stdin: bool,
+}
+
+/// `troupe edit --file F [--range A:B] --instruction TEXT [--write] [--stdin]`.
+pub fn edit(ctx: &Context, args: &EditArgs) -> anyhow::Result<u8> {
+    if args.instruction.trim().is_empty() {
+        bail!("the edit instruction is empty; say what to change with --instruction TEXT");
+    }
+    let repo = repo_root(ctx)?;
+    let range = args.range.as_deref().map(parse_range).transpose()?;
+    let file = repo_relative(&repo, &args.file);
+    let content = if args.stdin {
+        Some(read_stdin("the file's content")?)
+    } else {
+        None
+    };
+    let target = Target::load(&repo, &file, content).map_err(located)?;
+    target.check_range(range).map_err(located)?;
+    let base = target.text.clone();
+    let op = Op::Edit {
+        file: file.clone(),
+        range,
+        instruction: args.instruction.clone(),
+        content: Some(target.text),
+    };
+    one_shot(ctx, &repo, op, |msg, out| {
+        let EventMsg::EditComplete { proposal } = msg else {
+            return Ok(None);
+        };
+        let unchanged = proposal.diff.is_empty();
+        let written = if args.write && !unchanged {
+            write_if_unchanged(&repo, &file, &base, &proposal.new_text).map_err(located)?;
+            true
+        } else {
+            false
+        };
+        if ctx.json {
+            let mut json = serde_json::to_value(&proposal)?;
+            json["written"] = serde_json::Value::Bool(written);
+            serde_json::to_writer(&mut *out, &json)?;
+            out.write_all(b"\n")?;
+        } else {
+            out.write_all(proposal.diff.as_bytes())?;
+        }
+        out.flush()?;
+        if unchanged {
+            eprintln!("the model proposed no change to {file}");
+        } else if written {
+            eprintln!(
+                "wrote {file} (+{} -{})",
+                proposal.lines_added, proposal.lines_removed
+            );
+        }
+        print_stats(&proposal.stats);
+        Ok(Some(exit::OK))
+    })
+}
+
+/// Submits `op` to the running instance of the repository (`troupe lsp`) when one listens,
+/// else to a session started here, and feeds its events to `handle` (with stdout) until it
+/// returns an exit code. An `Error` event ends the command with its message and fix.
+fn one_shot(
+    ctx: &Context,
+    repo: &Path,
+    op: Op,
+    mut handle: impl FnMut(EventMsg, &mut dyn Write) -> anyhow::Result<Option<u8>>,
+) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let op = Op::Ask {
-        question,
-        file: at.file.clone(),
-        range,
-    };
     runtime.block_on(async {
-        let options = SessionOptions::new(&repo, ctx.config.config.clone());
-        let mut session = Session::start(options).await?;
-        session.submit(Submission {
-            id: "ask".into(),
+        let submission = Submission {
+            id: "editor".into(),
             op,
-        })?;
+        };
+        let mut link = Link::open(ctx, repo, &submission).await?;
         let mut out = std::io::stdout().lock();
         loop {
-            // A generous bound: a slow CPU answers at a few tokens per second.
-            let next = tokio::time::timeout(Duration::from_secs(1800), session.next_event())
-                .await
-                .context("no answer from the model for 30 minutes")?;
-            let Some(event) = next else {
+            let Some(event) = link.next_event().await? else {
                 bail!("the session ended before the answer was complete");
             };
+            if event.id != "editor" {
+                continue;
+            }
             match event.msg {
-                EventMsg::AgentMessageDelta { delta } if !ctx.json => {
-                    out.write_all(delta.as_bytes())?;
-                    out.flush()?;
-                }
-                EventMsg::AskComplete {
-                    answer,
-                    citations,
-                    stats,
-                } => {
-                    if ctx.json {
-                        serde_json::to_writer(
-                            &mut out,
-                            &serde_json::json!({
-                                "answer": answer,
-                                "citations": citations,
-                                "stats": stats,
-                            }),
-                        )?;
-                        out.write_all(b"\n")?;
-                    } else {
-                        let mut text = String::from("\n\nSources:\n");
-                        for (i, c) in citations.iter().enumerate() {
-                            text.push_str(&format!(
-                                "  [{}] {}:{}-{}\n",
-                                i + 1,
-                                c.path,
-                                c.start_line,
-                                c.end_line
-                            ));
-                        }
-                        out.write_all(text.as_bytes())?;
-                        eprintln!(
-                            "{} prompt tokens ({} cached), {} generated at {:.1} tok/s",
-                            stats.prompt_tokens,
-                            stats.cached_tokens,
-                            stats.generated_tokens,
-                            stats.decode_tok_s
-                        );
-                    }
-                    out.flush()?;
-                    return Ok(exit::OK);
-                }
                 EventMsg::Error { message, fix } => match fix {
-                    Some(fix) => bail!("{message} ({fix})"),
+                    Some(fix) => bail!("{message}; {fix}"),
                     None => bail!("{message}"),
                 },
-                _ => {}
+                msg => {
+                    if let Some(code) = handle(msg, &mut out)? {
+                        return Ok(code);
+                    }
+                }
             }
         }
     })
+}
+
+/// Where a one-shot request runs: a running instance, or a session of this process.
+enum Link {
+    #[cfg(unix)]
+    Remote(instance::Remote),
+    Local(Box<Session>),
+}
+
+impl Link {
+    /// Sends `submission` to the running instance if there is one, else starts a session.
+    async fn open(ctx: &Context, repo: &Path, submission: &Submission) -> anyhow::Result<Link> {
+        #[cfg(unix)]
+        if let Some(mut remote) = instance::connect(repo).await {
+            match remote.submit(submission).await {
+                Ok(()) => {
+                    tracing::info!("sent to the running instance of {}", repo.display());
+                    return Ok(Link::Remote(remote));
+                }
+                Err(e) => tracing::info!("the running instance did not take the request: {e}"),
+            }
+        }
+        let options = SessionOptions::new(repo, ctx.config.config.clone());
+        let session = Session::start(options).await?;
+        session.submit(submission.clone())?;
+        Ok(Link::Local(Box::new(session)))
+    }
+
+    /// The next event, with a generous bound: a slow CPU answers at a few tokens per second.
+    async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
+        let limit = Duration::from_secs(1800);
+        let late = "no answer from the model for 30 minutes";
+        match self {
+            #[cfg(unix)]
+            Link::Remote(r) => tokio::time::timeout(limit, r.next_event())
+                .await
+                .context(late)?
+                .context("reading from the running troupe instance"),
+            Link::Local(s) => tokio::time::timeout(limit, s.next_event())
+                .await
+                .context(late),
+        }
+    }
+}
+
+/// Prints an answer's end: the JSON object, or the sources and (on stderr) the stats.
+fn finish_answer(
+    ctx: &Context,
+    out: &mut dyn Write,
+    json: serde_json::Value,
+    citations: &[Citation],
+    stats: &RequestStats,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        serde_json::to_writer(&mut *out, &json)?;
+        out.write_all(b"\n")?;
+    } else {
+        let mut text = String::from("\n\nSources:\n");
+        for (i, c) in citations.iter().enumerate() {
+            text.push_str(&format!(
+                "  [{}] {}:{}-{}\n",
+                i + 1,
+                c.path,
+                c.start_line,
+                c.end_line
+            ));
+        }
+        out.write_all(text.as_bytes())?;
+        print_stats(stats);
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_stats(stats: &RequestStats) {
+    eprintln!(
+        "{} prompt tokens ({} cached), {} generated at {:.1} tok/s",
+        stats.prompt_tokens, stats.cached_tokens, stats.generated_tokens, stats.decode_tok_s
+    );
+}
+
+fn repo_root(ctx: &Context) -> anyhow::Result<PathBuf> {
+    match ctx.repo.clone() {
+        Some(repo) => Ok(repo),
+        None => bail!(
+            "{}",
+            ctx.repo_error
+                .clone()
+                .unwrap_or_else(|| "not inside a git repository".into())
+        ),
+    }
+}
+
+/// `file` relative to the repository root: an absolute path inside the repository (as editors
+/// pass them) loses its root; anything else is taken as given.
+pub fn repo_relative(repo: &Path, file: &str) -> String {
+    let path = Path::new(file);
+    if !path.is_absolute() {
+        return file.to_string();
+    }
+    let canonical_repo = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
+    let canonical_file = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    for (root, p) in [
+        (repo, path),
+        (canonical_repo.as_path(), canonical_file.as_path()),
+    ] {
+        if let Ok(rel) = p.strip_prefix(root) {
+            return rel.to_string_lossy().into_owned();
+        }
+    }
+    file.to_string()
+}
+
+fn located(e: LocationError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.with_fix())
+}
+
+fn read_stdin(what: &str) -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {what} from stdin (it must be UTF-8 text)"))?;
+    Ok(text)
 }
 
 fn parse_range(r: &str) -> anyhow::Result<(u32, u32)> {
@@ -156,5 +381,16 @@ mod tests {
             let msg = parse_range(bad).unwrap_err().to_string();
             assert!(msg.contains("expected START:END"), "{msg}");
         }
+    }
+
+    #[test]
+    fn absolute_paths_inside_the_repository_become_relative() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.rs"), "").unwrap();
+        let abs = dir.path().join("src/a.rs");
+        assert_eq!(repo_relative(dir.path(), abs.to_str().unwrap()), "src/a.rs");
+        assert_eq!(repo_relative(dir.path(), "src/a.rs"), "src/a.rs");
+        assert_eq!(repo_relative(dir.path(), "/elsewhere/x"), "/elsewhere/x");
     }
 }

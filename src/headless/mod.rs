@@ -215,6 +215,13 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 (true, true) => "the index is stale; update it with `troupe index`".to_string(),
                 (true, false) => "the index is current".to_string(),
             },
+            EventMsg::ExplainComplete { citations, .. } => {
+                format!("explained from {} code chunks", citations.len())
+            }
+            EventMsg::EditComplete { proposal: p } => format!(
+                "proposed an edit of {}: +{} -{}",
+                p.path, p.lines_added, p.lines_removed
+            ),
         };
         writeln!(self.out, "{line}")
     }

@@ -72,6 +72,31 @@ pub enum Op {
     IndexStatus,
     /// Build or update the full-text index (`IndexProgress` while it runs, then `IndexState`).
     UpdateIndex,
+    /// Explain code of a file (one-shot, no tools); answered by `ExplainComplete`.
+    Explain {
+        /// The file (relative to the repository root).
+        file: String,
+        /// 1-based inclusive line range of `file` (`None`: the whole file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range: Option<(u32, u32)>,
+        /// The file's current text, when it differs from the disk (an unsaved editor buffer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+    },
+    /// Propose a change to a file, or to a range of its lines only, following an instruction;
+    /// answered by `EditComplete`. Nothing is written.
+    Edit {
+        /// The file (relative to the repository root).
+        file: String,
+        /// 1-based inclusive line range of `file`; no line outside it changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range: Option<(u32, u32)>,
+        /// What to change.
+        instruction: String,
+        /// The file's current text, when it differs from the disk (an unsaved editor buffer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+    },
 }
 
 /// A saved task, as listings show it.
@@ -401,6 +426,38 @@ pub enum EventMsg {
         files: u64,
         chunks: u64,
     },
+    /// An `Explain` finished: the whole explanation (after its deltas), the code it was given.
+    ExplainComplete {
+        explanation: String,
+        citations: Vec<Citation>,
+        stats: RequestStats,
+    },
+    /// An `Edit` finished: the proposed change (not written anywhere).
+    EditComplete {
+        proposal: EditProposal,
+    },
+}
+
+/// A proposed change to one file, as `troupe edit --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditProposal {
+    /// The file, relative to the repository root.
+    pub path: String,
+    /// The 1-based inclusive lines of the original that were replaced.
+    pub start_line: u32,
+    pub end_line: u32,
+    /// A unified diff (`a/<path>`, `b/<path>`) from the original to `new_text`; empty when the
+    /// model proposed no change. Applies with `git apply`.
+    pub diff: String,
+    /// The whole file after the change.
+    pub new_text: String,
+    /// The text that replaces lines `start_line..=end_line`.
+    pub replacement: String,
+    /// Lines the diff adds and removes.
+    pub lines_added: u32,
+    pub lines_removed: u32,
+    /// The model request's statistics.
+    pub stats: RequestStats,
 }
 
 /// Writes one event as a single JSON line and flushes, so a reader sees it at once.

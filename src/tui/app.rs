@@ -705,6 +705,8 @@ impl App {
             EventMsg::ReviewStarted { .. }
             | EventMsg::ReviewProgress { .. }
             | EventMsg::ReviewComplete { .. } => {}
+            // Editor one-shots (`explain`, `edit`) are not started from the terminal UI.
+            EventMsg::ExplainComplete { .. } | EventMsg::EditComplete { .. } => {}
         }
     }
 

@@ -29,23 +29,52 @@ impl Env {
 
     /// Runs `troupe args...` in `cwd` with a timeout, isolated from the user's real setup.
     pub fn troupe(&self, cwd: &Path, args: &[&str]) -> Output {
+        run_with_timeout(self.command(cwd, args), Duration::from_secs(120))
+    }
+
+    /// Like [`Env::troupe`], with `input` on stdin.
+    pub fn troupe_with_stdin(&self, cwd: &Path, args: &[&str], input: &str) -> Output {
+        run_with_input(
+            self.command(cwd, args),
+            Some(input),
+            Duration::from_secs(120),
+        )
+    }
+
+    /// The isolated `troupe args...` command, not started.
+    pub fn command(&self, cwd: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe"));
         cmd.args(args)
             .current_dir(cwd)
             .env("TROUPE_CACHE_DIR", self.cache())
             .env("TROUPE_CONFIG_DIR", self.config_dir())
             .env_remove("TROUPE_LOG");
-        run_with_timeout(cmd, Duration::from_secs(120))
+        cmd
     }
 }
 
 /// Runs a command, killing it if it outlives `limit`.
-pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
-    use std::io::Read;
-    cmd.stdin(std::process::Stdio::null())
+pub fn run_with_timeout(cmd: Command, limit: Duration) -> Output {
+    run_with_input(cmd, None, limit)
+}
+
+/// Runs a command with `input` on stdin (none: stdin is empty), killing it if it outlives `limit`.
+pub fn run_with_input(mut cmd: Command, input: Option<&str>, limit: Duration) -> Output {
+    use std::io::{Read, Write};
+    let stdin = match input {
+        Some(_) => std::process::Stdio::piped(),
+        None => std::process::Stdio::null(),
+    };
+    cmd.stdin(stdin)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
+    if let (Some(text), Some(mut pipe)) = (input, child.stdin.take()) {
+        let text = text.to_string();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(text.as_bytes());
+        });
+    }
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out_thread = std::thread::spawn(move || {

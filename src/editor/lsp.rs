@@ -1,0 +1,874 @@
+//! `troupe lsp`: a language server over stdio (JSON-RPC 2.0 with `Content-Length` framing).
+//!
+//! It keeps the editor's open buffers (`textDocument/didOpen`, `didChange`, `didClose`), offers
+//! two code actions on a selection, "troupe: explain" and "troupe: edit selection", and runs them
+//! as `workspace/executeCommand`:
+//!
+//! - `troupe.explain` `[{"uri", "range"?, "show"?}]` returns `{"explanation", "citations"}`
+//!   (with `show`, also a `window/showMessage`);
+//! - `troupe.edit` `[{"uri", "range"?, "instruction"?, "apply"?}]` returns `{"diff", "edit"
+//!   (a WorkspaceEdit of the selected lines only), "lines_added", "lines_removed"}` (with
+//!   `apply`, the server also sends `workspace/applyEdit`).
+//!
+//! `range` is an LSP range; the whole lines it touches are used. The session (and the model)
+//! starts with the first command, so `initialize` answers at once. Bad input (malformed JSON, an
+//! unknown method, bad parameters, a file outside the repository) gets a JSON-RPC error; the
+//! server keeps running.
+//!
+//! Threading: one thread reads stdin and hands whole messages to the async loop, which alone
+//! writes stdout. Framing is done here (a few lines) rather than with `lsp-server`, whose reader
+//! stops at the first malformed message; `lsp-types` gives the message types.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lsp_types as lsp;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::agents::target::Target;
+use crate::agents::{Session, SessionOptions};
+use crate::commands::{Context, exit};
+use crate::protocol::{EditProposal, Event, EventMsg, Op, Submission};
+
+/// The commands the server executes.
+pub const EXPLAIN_COMMAND: &str = "troupe.explain";
+pub const EDIT_COMMAND: &str = "troupe.edit";
+
+/// The instruction of the "edit selection" code action when the client configures none
+/// (`initializationOptions.editInstruction`).
+const DEFAULT_INSTRUCTION: &str =
+    "Fix any bugs and make this code clearer, keeping its behaviour and interface.";
+
+// JSON-RPC and LSP error codes.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_PARAMS: i64 = -32602;
+const SERVER_NOT_INITIALIZED: i64 = -32002;
+const REQUEST_FAILED: i64 = -32803;
+
+/// `troupe lsp`: serves stdin/stdout until `exit` (0 after `shutdown`, else 1) or end of input.
+pub fn run(ctx: &Context) -> anyhow::Result<u8> {
+    let repo = match &ctx.repo {
+        Some(r) => r.clone(),
+        None => anyhow::bail!(
+            "{}; start the language server inside a git repository or pass --repo",
+            ctx.repo_error
+                .clone()
+                .unwrap_or_else(|| "not inside a git repository".into())
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The reader thread ends with stdin; it is not joined (it may block in a read).
+    std::thread::Builder::new()
+        .name("lsp-stdin".into())
+        .spawn(move || read_loop(std::io::stdin().lock(), tx))
+        .context("starting the stdin reader")?;
+    let options = SessionOptions::new(&repo, ctx.config.config.clone());
+    let server = Server::new(repo, options, Box::new(std::io::stdout()));
+    runtime.block_on(server.serve(rx))
+}
+
+/// One message read from the client.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A well-formed JSON body.
+    Message(Value),
+    /// A body or header that is not valid; the reason.
+    Malformed(String),
+}
+
+/// Reads framed messages until end of input or until the receiver is gone.
+pub fn read_loop<R: BufRead>(mut input: R, tx: mpsc::UnboundedSender<Incoming>) {
+    loop {
+        let item = match read_frame(&mut input) {
+            Ok(None) => return,
+            Ok(Some(Ok(body))) => match serde_json::from_slice::<Value>(&body) {
+                Ok(v) => Incoming::Message(v),
+                Err(e) => Incoming::Malformed(format!("the message is not valid JSON: {e}")),
+            },
+            Ok(Some(Err(reason))) => Incoming::Malformed(reason),
+            Err(_) => return,
+        };
+        if tx.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+/// One frame: `Ok(None)` at end of input, `Some(Err)` for a bad header (the frame is skipped).
+fn read_frame<R: BufRead>(input: &mut R) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+    let mut length: Option<Result<usize, String>> = None;
+    let mut saw_header = false;
+    loop {
+        let mut line = String::new();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            if !saw_header {
+                continue;
+            }
+            break;
+        }
+        saw_header = true;
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = Some(
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad Content-Length header `{}`", value.trim())),
+            );
+        }
+    }
+    let length = match length {
+        Some(Ok(n)) if n <= 64 << 20 => n,
+        Some(Ok(n)) => return Ok(Some(Err(format!("a message of {n} bytes is too large")))),
+        Some(Err(e)) => return Ok(Some(Err(e))),
+        None => {
+            return Ok(Some(
+                Err("a message without a Content-Length header".into()),
+            ));
+        }
+    };
+    let mut body = vec![0; length];
+    input.read_exact(&mut body)?;
+    Ok(Some(Ok(body)))
+}
+
+/// Writes one framed message.
+fn write_frame(out: &mut dyn Write, message: &Value) -> std::io::Result<()> {
+    let body = serde_json::to_vec(message)?;
+    write!(out, "Content-Length: {}\r\n\r\n", body.len())?;
+    out.write_all(&body)?;
+    out.flush()
+}
+
+/// What a running command waits for.
+#[derive(Debug)]
+struct Pending {
+    /// The client's request id.
+    request: Value,
+    uri: String,
+    /// The text the command ran on (for the edit's positions).
+    base: String,
+    /// Also show (explain) or apply (edit) in the client.
+    act: bool,
+}
+
+/// Arguments of the two commands.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandArgs {
+    uri: String,
+    #[serde(default)]
+    range: Option<lsp::Range>,
+    #[serde(default)]
+    instruction: Option<String>,
+    /// `show` for explain, `apply` for edit.
+    #[serde(default, alias = "show")]
+    apply: bool,
+}
+
+struct Server {
+    repo: PathBuf,
+    options: SessionOptions,
+    session: Option<Session>,
+    out: Box<dyn Write + Send>,
+    initialized: bool,
+    shutdown: bool,
+    buffers: HashMap<String, String>,
+    pending: HashMap<String, Pending>,
+    next_id: u64,
+    edit_instruction: String,
+    /// Requests of one-shot commands over the socket: session id -> (their id, their events).
+    remote: HashMap<String, (String, mpsc::UnboundedSender<Event>)>,
+}
+
+enum Input {
+    Client(Option<Incoming>),
+    Session(Option<Event>),
+    #[cfg(unix)]
+    Remote(super::instance::Request),
+}
+
+impl Server {
+    fn new(repo: PathBuf, options: SessionOptions, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            repo,
+            options,
+            session: None,
+            out,
+            initialized: false,
+            shutdown: false,
+            buffers: HashMap::new(),
+            pending: HashMap::new(),
+            next_id: 0,
+            edit_instruction: DEFAULT_INSTRUCTION.into(),
+            remote: HashMap::new(),
+        }
+    }
+
+    async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Incoming>) -> anyhow::Result<u8> {
+        // One-shot commands of this repository reuse this process's model through the socket.
+        #[cfg(unix)]
+        let (_listener, mut requests) = {
+            let (tx, requests) = mpsc::unbounded_channel();
+            (super::instance::listen(&self.repo, tx).await, requests)
+        };
+        loop {
+            #[cfg(unix)]
+            let input = tokio::select! {
+                m = rx.recv() => Input::Client(m),
+                e = next_session_event(&mut self.session) => Input::Session(e),
+                Some(r) = requests.recv() => Input::Remote(r),
+            };
+            #[cfg(not(unix))]
+            let input = tokio::select! {
+                m = rx.recv() => Input::Client(m),
+                e = next_session_event(&mut self.session) => Input::Session(e),
+            };
+            match input {
+                Input::Client(None) => {
+                    // End of input without `exit`: the client is gone.
+                    self.stop_session().await;
+                    return Ok(if self.shutdown {
+                        exit::OK
+                    } else {
+                        exit::NEGATIVE
+                    });
+                }
+                Input::Client(Some(Incoming::Malformed(reason))) => {
+                    self.send(&error_response(Value::Null, PARSE_ERROR, &reason))?;
+                }
+                Input::Client(Some(Incoming::Message(msg))) => {
+                    if let Some(code) = self.on_message(msg).await? {
+                        self.stop_session().await;
+                        return Ok(code);
+                    }
+                }
+                #[cfg(unix)]
+                Input::Remote(r) => self.on_remote(r).await,
+                Input::Session(Some(event)) => self.on_event(event)?,
+                Input::Session(None) => {
+                    // The session stopped: fail whatever waits on it, start afresh next time.
+                    self.session = None;
+                    for (_, (id, reply)) in std::mem::take(&mut self.remote) {
+                        let msg = EventMsg::Error {
+                            message: "the running instance's session stopped".into(),
+                            fix: None,
+                        };
+                        let _ = reply.send(Event {
+                            id,
+                            agent: None,
+                            msg,
+                        });
+                    }
+                    for (_, p) in std::mem::take(&mut self.pending) {
+                        let e = error_response(p.request, REQUEST_FAILED, "the session stopped");
+                        self.send(&e)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one client message; `Some(code)` ends the server.
+    async fn on_message(&mut self, msg: Value) -> anyhow::Result<Option<u8>> {
+        let Some(obj) = msg.as_object() else {
+            let e = error_response(Value::Null, INVALID_REQUEST, "a message must be an object");
+            self.send(&e)?;
+            return Ok(None);
+        };
+        let id = obj.get("id").cloned();
+        let method = obj
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let params = obj.get("params").cloned().unwrap_or(Value::Null);
+        let Some(method) = method else {
+            // A response to a request of ours (workspace/applyEdit), or garbage.
+            if id.is_some() && (obj.contains_key("result") || obj.contains_key("error")) {
+                return Ok(None);
+            }
+            let e = error_response(
+                id.unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                "a request needs a `method`",
+            );
+            self.send(&e)?;
+            return Ok(None);
+        };
+        match id {
+            Some(id) => self.on_request(id, &method, params).await?,
+            None => return self.on_notification(&method, params),
+        }
+        Ok(None)
+    }
+
+    async fn on_request(&mut self, id: Value, method: &str, params: Value) -> anyhow::Result<()> {
+        if !self.initialized && method != "initialize" {
+            let e = error_response(id, SERVER_NOT_INITIALIZED, "send `initialize` first");
+            return self.send(&e);
+        }
+        let reply = match method {
+            "initialize" => Ok(self.initialize(params)),
+            "shutdown" => {
+                self.shutdown = true;
+                Ok(Value::Null)
+            }
+            "textDocument/codeAction" => self.code_actions(params),
+            "workspace/executeCommand" => match self.execute(id.clone(), params).await {
+                // Answered when the session's result arrives.
+                Ok(()) => return Ok(()),
+                Err(e) => Err(e),
+            },
+            other => Err((
+                METHOD_NOT_FOUND,
+                format!("method `{other}` is not supported"),
+            )),
+        };
+        let message = match reply {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err((code, message)) => error_response(id, code, &message),
+        };
+        self.send(&message)
+    }
+
+    fn on_notification(&mut self, method: &str, params: Value) -> anyhow::Result<Option<u8>> {
+        match method {
+            "exit" => {
+                return Ok(Some(if self.shutdown {
+                    exit::OK
+                } else {
+                    exit::NEGATIVE
+                }));
+            }
+            "textDocument/didOpen" => {
+                if let Ok(p) = serde_json::from_value::<lsp::DidOpenTextDocumentParams>(params) {
+                    let doc = p.text_document;
+                    self.buffers.insert(doc.uri.as_str().to_string(), doc.text);
+                }
+            }
+            "textDocument/didChange" => {
+                if let Ok(p) = serde_json::from_value::<lsp::DidChangeTextDocumentParams>(params) {
+                    let uri = p.text_document.uri.as_str().to_string();
+                    let text = self.buffers.entry(uri).or_default();
+                    for change in p.content_changes {
+                        match change.range {
+                            None => *text = change.text,
+                            Some(r) => apply_change(text, r, &change.text),
+                        }
+                    }
+                }
+            }
+            "textDocument/didClose" => {
+                if let Ok(p) = serde_json::from_value::<lsp::DidCloseTextDocumentParams>(params) {
+                    self.buffers.remove(p.text_document.uri.as_str());
+                }
+            }
+            // `initialized`, `$/cancelRequest`, `didSave`, settings: nothing to do.
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    fn initialize(&mut self, params: Value) -> Value {
+        self.initialized = true;
+        if let Some(text) = params
+            .pointer("/initializationOptions/editInstruction")
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+        {
+            self.edit_instruction = text.to_string();
+        }
+        let capabilities = lsp::ServerCapabilities {
+            text_document_sync: Some(lsp::TextDocumentSyncCapability::Kind(
+                lsp::TextDocumentSyncKind::FULL,
+            )),
+            code_action_provider: Some(lsp::CodeActionProviderCapability::Simple(true)),
+            execute_command_provider: Some(lsp::ExecuteCommandOptions {
+                commands: vec![EXPLAIN_COMMAND.into(), EDIT_COMMAND.into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let result = lsp::InitializeResult {
+            capabilities,
+            server_info: Some(lsp::ServerInfo {
+                name: "troupe".into(),
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+            }),
+        };
+        serde_json::to_value(result).unwrap_or(Value::Null)
+    }
+
+    fn code_actions(&self, params: Value) -> Result<Value, (i64, String)> {
+        let p: lsp::CodeActionParams = serde_json::from_value(params)
+            .map_err(|e| (INVALID_PARAMS, format!("bad codeAction parameters: {e}")))?;
+        let uri = p.text_document.uri.as_str();
+        let range = serde_json::to_value(p.range).unwrap_or(Value::Null);
+        let action = |title: &str, command: &str, args: Value| lsp::CodeAction {
+            title: title.into(),
+            kind: Some(lsp::CodeActionKind::new("troupe")),
+            command: Some(lsp::Command {
+                title: title.into(),
+                command: command.into(),
+                arguments: Some(vec![args]),
+            }),
+            ..Default::default()
+        };
+        let actions = vec![
+            action(
+                "troupe: explain",
+                EXPLAIN_COMMAND,
+                json!({"uri": uri, "range": range, "show": true}),
+            ),
+            action(
+                "troupe: edit selection",
+                EDIT_COMMAND,
+                json!({"uri": uri, "range": range, "instruction": self.edit_instruction,
+                       "apply": true}),
+            ),
+        ];
+        serde_json::to_value(actions).map_err(|e| (REQUEST_FAILED, e.to_string()))
+    }
+
+    /// Starts a command; its response is sent when the session's result arrives.
+    async fn execute(&mut self, id: Value, params: Value) -> Result<(), (i64, String)> {
+        let p: lsp::ExecuteCommandParams = serde_json::from_value(params).map_err(|e| {
+            (
+                INVALID_PARAMS,
+                format!("bad executeCommand parameters: {e}"),
+            )
+        })?;
+        let usage = || {
+            format!(
+                "`{}` takes one argument {{\"uri\", \"range\"?, \"instruction\"?, \"apply\"?}}",
+                p.command
+            )
+        };
+        if p.command != EXPLAIN_COMMAND && p.command != EDIT_COMMAND {
+            return Err((
+                INVALID_PARAMS,
+                format!(
+                    "unknown command `{}`; the commands are {EXPLAIN_COMMAND} and {EDIT_COMMAND}",
+                    p.command
+                ),
+            ));
+        }
+        let [arg] = p.arguments.as_slice() else {
+            return Err((INVALID_PARAMS, usage()));
+        };
+        let args: CommandArgs = serde_json::from_value(arg.clone())
+            .map_err(|e| (INVALID_PARAMS, format!("{}: {e}", usage())))?;
+        let path = uri_to_path(&args.uri).ok_or_else(|| {
+            (
+                INVALID_PARAMS,
+                format!("`{}` is not a file:// URI", args.uri),
+            )
+        })?;
+        let file = relative_to(&self.repo, &path).ok_or_else(|| {
+            (
+                INVALID_PARAMS,
+                format!(
+                    "{} is outside the repository {}; open a file of the repository",
+                    path.display(),
+                    self.repo.display()
+                ),
+            )
+        })?;
+        let content = self.buffers.get(&args.uri).cloned();
+        let target =
+            Target::load(&self.repo, &file, content).map_err(|e| (INVALID_PARAMS, e.with_fix()))?;
+        let range = args.range.map(|r| lines_of(&r, target.line_count()));
+        target
+            .check_range(range)
+            .map_err(|e| (INVALID_PARAMS, e.with_fix()))?;
+        let op = if p.command == EXPLAIN_COMMAND {
+            Op::Explain {
+                file,
+                range,
+                content: Some(target.text.clone()),
+            }
+        } else {
+            let instruction = args
+                .instruction
+                .clone()
+                .filter(|i| !i.trim().is_empty())
+                .unwrap_or_else(|| self.edit_instruction.clone());
+            Op::Edit {
+                file,
+                range,
+                instruction,
+                content: Some(target.text.clone()),
+            }
+        };
+        self.ensure_session()
+            .await
+            .map_err(|m| (REQUEST_FAILED, m))?;
+        self.next_id += 1;
+        let sub_id = format!("lsp-{}", self.next_id);
+        let submitted = match &self.session {
+            Some(s) => s.submit(Submission {
+                id: sub_id.clone(),
+                op,
+            }),
+            None => return Err((REQUEST_FAILED, "the session did not start".into())),
+        };
+        submitted.map_err(|e| (REQUEST_FAILED, e.to_string()))?;
+        self.pending.insert(
+            sub_id,
+            Pending {
+                request: id,
+                uri: args.uri,
+                base: target.text,
+                act: args.apply,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts the session (and loads the model) if it is not running.
+    async fn ensure_session(&mut self) -> Result<(), String> {
+        if self.session.is_none() {
+            let session = Session::start(self.options.clone()).await.map_err(|e| {
+                match crate::agents::session::error_event(&e) {
+                    EventMsg::Error { fix: Some(fix), .. } => format!("{e}; {fix}"),
+                    _ => e.to_string(),
+                }
+            })?;
+            self.session = Some(session);
+        }
+        Ok(())
+    }
+
+    /// A one-shot command's request over the socket: run on this session, events sent back.
+    #[cfg(unix)]
+    async fn on_remote(&mut self, r: super::instance::Request) {
+        let super::instance::Request { submission, reply } = r;
+        let fail = |message: String| {
+            let msg = EventMsg::Error { message, fix: None };
+            let _ = reply.send(Event {
+                id: submission.id.clone(),
+                agent: None,
+                msg,
+            });
+        };
+        if let Err(message) = self.ensure_session().await {
+            return fail(message);
+        }
+        self.next_id += 1;
+        let sub_id = format!("socket-{}", self.next_id);
+        let sent = match &self.session {
+            Some(s) => s.submit(Submission {
+                id: sub_id.clone(),
+                op: submission.op.clone(),
+            }),
+            None => return fail("the session did not start".into()),
+        };
+        if let Err(e) = sent {
+            return fail(e.to_string());
+        }
+        self.remote.insert(sub_id, (submission.id, reply));
+    }
+
+    fn on_event(&mut self, event: Event) -> anyhow::Result<()> {
+        if let Some((id, reply)) = self.remote.get(&event.id) {
+            let last = is_final(&event.msg);
+            let _ = reply.send(Event {
+                id: id.clone(),
+                ..event.clone()
+            });
+            if last {
+                self.remote.remove(&event.id);
+            }
+            return Ok(());
+        }
+        if !is_final(&event.msg) {
+            return Ok(());
+        }
+        let Some(p) = self.pending.remove(&event.id) else {
+            return Ok(());
+        };
+        match event.msg {
+            EventMsg::ExplainComplete {
+                explanation,
+                citations,
+                ..
+            } => {
+                if p.act {
+                    self.send(&json!({"jsonrpc": "2.0", "method": "window/showMessage",
+                        "params": {"type": 3, "message": explanation}}))?;
+                }
+                let result = json!({"explanation": explanation, "citations": citations});
+                self.send(&json!({"jsonrpc": "2.0", "id": p.request, "result": result}))
+            }
+            EventMsg::EditComplete { proposal } => {
+                let edit = workspace_edit(&p.uri, &p.base, &proposal);
+                if p.act && !proposal.diff.is_empty() {
+                    self.next_id += 1;
+                    self.send(
+                        &json!({"jsonrpc": "2.0", "id": format!("troupe-{}", self.next_id),
+                        "method": "workspace/applyEdit",
+                        "params": {"label": "troupe: edit", "edit": edit}}),
+                    )?;
+                }
+                let result = json!({
+                    "diff": proposal.diff,
+                    "edit": edit,
+                    "lines_added": proposal.lines_added,
+                    "lines_removed": proposal.lines_removed,
+                });
+                self.send(&json!({"jsonrpc": "2.0", "id": p.request, "result": result}))
+            }
+            EventMsg::Error { message, fix } => {
+                let message = match fix {
+                    Some(fix) => format!("{message}; {fix}"),
+                    None => message,
+                };
+                self.send(&error_response(p.request, REQUEST_FAILED, &message))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn send(&mut self, message: &Value) -> anyhow::Result<()> {
+        write_frame(&mut self.out, message).context("writing to the client (stdout)")
+    }
+
+    async fn stop_session(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        let _ = session.submit(Submission {
+            id: "shutdown".into(),
+            op: Op::Shutdown,
+        });
+        let drain = async {
+            while let Some(e) = session.next_event().await {
+                if matches!(e.msg, EventMsg::ShutdownComplete) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    }
+}
+
+/// Whether `msg` ends a one-shot request.
+fn is_final(msg: &EventMsg) -> bool {
+    matches!(
+        msg,
+        EventMsg::AskComplete { .. }
+            | EventMsg::ExplainComplete { .. }
+            | EventMsg::EditComplete { .. }
+            | EventMsg::Error { .. }
+    )
+}
+
+async fn next_session_event(session: &mut Option<Session>) -> Option<Event> {
+    match session {
+        Some(s) => s.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn error_response(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// The 1-based inclusive lines an LSP range touches (a range ending at the start of a line
+/// does not take that line), within `total` lines.
+fn lines_of(r: &lsp::Range, total: u32) -> (u32, u32) {
+    let start = r.start.line + 1;
+    let mut end = r.end.line + 1;
+    if r.end.character == 0 && r.end.line > r.start.line {
+        end -= 1;
+    }
+    // Editors put the end of a selection of the last line one past it.
+    let end = end.max(start).min(total.max(start));
+    (start, end)
+}
+
+/// A WorkspaceEdit replacing exactly the changed lines of `base` (the lines before and after
+/// the selection are the same in both texts, so only the middle differs).
+fn workspace_edit(uri: &str, base: &str, p: &EditProposal) -> Value {
+    let before: usize = base
+        .split_inclusive('\n')
+        .take(p.start_line.saturating_sub(1) as usize)
+        .map(str::len)
+        .sum();
+    let selected: usize = base
+        .split_inclusive('\n')
+        .skip(p.start_line.saturating_sub(1) as usize)
+        .take((p.end_line + 1).saturating_sub(p.start_line) as usize)
+        .map(str::len)
+        .sum();
+    let range = lsp::Range {
+        start: position_of(base, before),
+        end: position_of(base, before + selected),
+    };
+    json!({"changes": {uri: [{"range": range, "newText": p.replacement}]}})
+}
+
+/// The LSP position (line, UTF-16 column) of byte `offset` of `text`.
+fn position_of(text: &str, offset: usize) -> lsp::Position {
+    let offset = offset.min(text.len());
+    let head = &text[..offset];
+    let line = head.matches('\n').count() as u32;
+    let line_start = head.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let character = head[line_start..].encode_utf16().count() as u32;
+    lsp::Position { line, character }
+}
+
+/// The byte offset of an LSP position in `text` (clamped to the text).
+fn offset_of(text: &str, pos: lsp::Position) -> usize {
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if i as u32 == pos.line {
+            let mut units = 0;
+            for (b, ch) in line.char_indices() {
+                if units >= pos.character || ch == '\n' {
+                    return offset + b;
+                }
+                units += ch.len_utf16() as u32;
+            }
+            return offset + line.trim_end_matches('\n').len();
+        }
+        offset += line.len();
+    }
+    text.len()
+}
+
+/// Applies an incremental change to a buffer.
+fn apply_change(text: &mut String, range: lsp::Range, new: &str) {
+    let a = offset_of(text, range.start);
+    let b = offset_of(text, range.end).max(a);
+    text.replace_range(a..b, new);
+}
+
+/// The path of a `file://` URI (percent-decoded).
+fn uri_to_path(uri: &str) -> Option<PathBuf> {
+    let rest = uri.strip_prefix("file://")?;
+    // `file:///path` (empty host) or `file://localhost/path`.
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !rest.starts_with('/') {
+        return None;
+    }
+    let bytes = rest.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    Some(PathBuf::from(String::from_utf8(out).ok()?))
+}
+
+/// `path` relative to `repo` (either may be reached through symlinks).
+fn relative_to(repo: &Path, path: &Path) -> Option<String> {
+    if let Ok(rel) = path.strip_prefix(repo) {
+        return Some(rel.to_string_lossy().into_owned());
+    }
+    let repo = repo.canonicalize().ok()?;
+    let path = path
+        .canonicalize()
+        .ok()
+        .or_else(|| Some(path.parent()?.canonicalize().ok()?.join(path.file_name()?)))?;
+    path.strip_prefix(&repo)
+        .ok()
+        .map(|rel| rel.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(line: u32, character: u32) -> lsp::Position {
+        lsp::Position { line, character }
+    }
+
+    #[test]
+    fn frames_are_read_and_bad_ones_reported_without_ending_the_stream() {
+        let input =
+            b"Content-Length: 2\r\n\r\n{}Content-Length: x\r\n\r\nContent-Length: 3\r\n\r\n[1]";
+        let mut r = &input[..];
+        assert_eq!(read_frame(&mut r).unwrap().unwrap().unwrap(), b"{}");
+        assert!(read_frame(&mut r).unwrap().unwrap().is_err());
+        assert_eq!(read_frame(&mut r).unwrap().unwrap().unwrap(), b"[1]");
+        assert!(read_frame(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn positions_count_utf16_units_and_round_trip() {
+        let text = "aé😀b\nxy\n";
+        assert_eq!(position_of(text, text.find('b').unwrap()), pos(0, 4));
+        assert_eq!(offset_of(text, pos(0, 4)), text.find('b').unwrap());
+        assert_eq!(offset_of(text, pos(1, 1)), text.find('y').unwrap());
+        assert_eq!(offset_of(text, pos(9, 0)), text.len());
+        let mut buf = "hello\nworld\n".to_string();
+        apply_change(&mut buf, lsp::Range::new(pos(1, 0), pos(1, 5)), "there");
+        assert_eq!(buf, "hello\nthere\n");
+    }
+
+    #[test]
+    fn selections_become_whole_line_ranges() {
+        let r = |a: (u32, u32), b: (u32, u32)| lsp::Range::new(pos(a.0, a.1), pos(b.0, b.1));
+        assert_eq!(lines_of(&r((2, 3), (4, 1)), 10), (3, 5));
+        assert_eq!(lines_of(&r((2, 0), (4, 0)), 10), (3, 4));
+        assert_eq!(lines_of(&r((9, 0), (10, 0)), 10), (10, 10));
+        assert_eq!(lines_of(&r((3, 0), (3, 0)), 10), (4, 4));
+    }
+
+    #[test]
+    fn file_uris_decode_to_paths() {
+        assert_eq!(
+            uri_to_path("file:///tmp/a%20b/c.rs").unwrap(),
+            PathBuf::from("/tmp/a b/c.rs")
+        );
+        assert!(uri_to_path("untitled:1").is_none());
+    }
+
+    #[test]
+    fn workspace_edits_replace_only_the_selected_lines() {
+        let base = "a\nb\nc\n";
+        let p = EditProposal {
+            path: "x".into(),
+            start_line: 2,
+            end_line: 2,
+            diff: String::new(),
+            new_text: "a\nB\nc\n".into(),
+            replacement: "B\n".into(),
+            lines_added: 1,
+            lines_removed: 1,
+            stats: Default::default(),
+        };
+        let e = workspace_edit("file:///x", base, &p);
+        let edit = &e["changes"]["file:///x"][0];
+        assert_eq!(edit["range"]["start"], json!({"line": 1, "character": 0}));
+        assert_eq!(edit["range"]["end"], json!({"line": 2, "character": 0}));
+        assert_eq!(edit["newText"], "B\n");
+    }
+}

@@ -1,0 +1,627 @@
+//! `troupe explain`, `troupe edit` and `troupe lsp`, run as an editor would, on the real tiny
+//! model. The model writes poor code: these check the machinery (shapes, diffs that apply, the
+//! range respected, the buffer used, refusals), not the quality.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{Env, fixture_repo, model_lock, stderr, stdout, test_model};
+
+const MONEY: &str = "def add_cents(a, b):\n    \"\"\"Adds two amounts given in cents.\"\"\"\n    return a + b\n\n\ndef format_cents(c):\n    return f\"{c // 100}.{c % 100:02d}\"\n\n\ndef parse_cents(text):\n    units, cents = text.split(\".\")\n    return int(units) * 100 + int(cents)\n";
+
+/// A fixture repository; answers are capped at a few tokens so the tiny model is quick.
+fn repo() -> tempfile::TempDir {
+    fixture_repo(&[
+        ("src/money.py", MONEY),
+        ("README.md", "# shop\n\nA tiny shop.\n"),
+        ("logo.png", "\u{89}PNG\r\n\u{1a}\n\0\0\0\rIHDR"),
+        ("troupe.toml", "[agents]\nmax_tokens = 100\n"),
+    ])
+}
+
+fn model_args(model: &Path) -> Vec<String> {
+    vec!["--model".into(), model.to_str().unwrap().into()]
+}
+
+fn with(model: &Path, args: &[&str]) -> Vec<String> {
+    let mut all = model_args(model);
+    all.extend(args.iter().map(|s| s.to_string()));
+    all
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Checks that a change of lines `start..=end` (1-based) left every other line as it was.
+fn assert_only_range_changed(old: &str, new: &str, start: usize, end: usize) {
+    let old: Vec<&str> = old.split_inclusive('\n').collect();
+    let new: Vec<&str> = new.split_inclusive('\n').collect();
+    assert_eq!(new[..start - 1], old[..start - 1], "lines before the range");
+    let after = old.len() - end;
+    assert_eq!(
+        new[new.len() - after..],
+        old[end..],
+        "lines after the range"
+    );
+}
+
+/// Applies `diff` to the repository's working tree with libgit2 (as `git apply` would).
+fn git_apply(repo: &Path, diff: &str) {
+    let r = git2::Repository::open(repo).unwrap();
+    let d = git2::Diff::from_buffer(diff.as_bytes()).expect("the diff parses");
+    r.apply(&d, git2::ApplyLocation::WorkDir, None)
+        .expect("the diff applies");
+}
+
+#[test]
+fn explain_json_has_the_documented_shape() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let args = with(
+        &model,
+        &[
+            "--json",
+            "explain",
+            "--file",
+            "src/money.py",
+            "--range",
+            "6:7",
+        ],
+    );
+    let out = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "one object: {text}");
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["explanation", "citations", "stats"]);
+    assert!(!v["explanation"].as_str().unwrap().trim().is_empty());
+    // The selection comes first, exactly.
+    assert_eq!(
+        v["citations"][0],
+        json!({"path": "src/money.py", "start_line": 6, "end_line": 7})
+    );
+    assert!(v["stats"]["generated_tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn edit_proposes_a_diff_that_applies_and_touches_only_the_range() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let args = with(
+        &model,
+        &[
+            "--json",
+            "edit",
+            "--file",
+            "src/money.py",
+            "--range",
+            "6:7",
+            "--instruction",
+            "write it in uppercase",
+        ],
+    );
+    let out = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "one object: {text}");
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    for key in [
+        "path",
+        "start_line",
+        "end_line",
+        "diff",
+        "new_text",
+        "replacement",
+        "lines_added",
+        "lines_removed",
+        "stats",
+        "written",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    assert_eq!(
+        (v["start_line"].as_u64(), v["end_line"].as_u64()),
+        (Some(6), Some(7))
+    );
+    assert_eq!(v["written"], false);
+    let new_text = v["new_text"].as_str().unwrap();
+    assert_only_range_changed(MONEY, new_text, 6, 7);
+    // Nothing was written, and the diff turns the file into new_text.
+    let file = repo.path().join("src/money.py");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), MONEY);
+    let diff = v["diff"].as_str().unwrap();
+    assert!(!diff.is_empty(), "the tiny model changed something: {v}");
+    git_apply(repo.path(), diff);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), new_text);
+}
+
+#[test]
+fn edit_write_applies_the_change_but_refuses_a_file_that_changed() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let file = repo.path().join("src/money.py");
+    let edit = |extra: &[&str]| {
+        let mut args = with(
+            &model,
+            &[
+                "edit",
+                "--file",
+                "src/money.py",
+                "--range",
+                "10:12",
+                "--instruction",
+                "rename text to value",
+                "--write",
+            ],
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // The buffer the edit is made from differs from the disk: nothing is written.
+    let buffer = format!("{MONEY}# unsaved\n");
+    let out = env.troupe_with_stdin(repo.path(), &strs(&edit(&["--stdin"])), &buffer);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("src/money.py changed since the edit was made from it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("run the edit again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), MONEY);
+
+    // From the disk: the file gets the change, and the diff printed is that change.
+    let out = env.troupe(repo.path(), &strs(&edit(&[])));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(written, MONEY, "the change was written: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrote src/money.py"),
+        "{}",
+        stderr(&out)
+    );
+    assert_only_range_changed(MONEY, &written, 10, 12);
+    std::fs::write(&file, MONEY).unwrap();
+    git_apply(repo.path(), &stdout(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+}
+
+#[test]
+fn edit_with_stdin_works_on_the_unsaved_buffer() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    // The buffer has a line the disk does not, before the range.
+    let buffer = format!("# unsaved note\n{MONEY}");
+    let args = with(
+        &model,
+        &[
+            "--json",
+            "edit",
+            "--file",
+            "src/money.py",
+            "--range",
+            "7:8",
+            "--instruction",
+            "rename the parameter c to cents",
+            "--stdin",
+        ],
+    );
+    let out = env.troupe_with_stdin(repo.path(), &strs(&args), &buffer);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let new_text = v["new_text"].as_str().unwrap();
+    assert!(new_text.starts_with("# unsaved note\n"), "{new_text}");
+    assert_only_range_changed(&buffer, new_text, 7, 8);
+    // The disk is untouched.
+    let disk = std::fs::read_to_string(repo.path().join("src/money.py")).unwrap();
+    assert_eq!(disk, MONEY);
+}
+
+#[test]
+fn bad_locations_are_rejected_with_the_fix_before_the_model_loads() {
+    let env = Env::new();
+    let repo = repo();
+    // No model is configured in this environment: these must fail on the location alone.
+    let cases: [(&[&str], &str, &str); 6] = [
+        (
+            &["explain", "--file", "src/nope.py"],
+            "src/nope.py does not exist",
+            "relative to the repository root",
+        ),
+        (
+            &["explain", "--file", "src/money.py", "--range", "10:99"],
+            "past the end of src/money.py, which has 12 lines",
+            "pass a range within 1:12",
+        ),
+        (
+            &["explain", "--file", "logo.png"],
+            "logo.png is not a UTF-8 text file",
+            "text files only",
+        ),
+        (
+            &["edit", "--file", "src/nope.py", "--instruction", "x"],
+            "src/nope.py does not exist",
+            "relative to the repository root",
+        ),
+        (
+            &[
+                "edit",
+                "--file",
+                "src/money.py",
+                "--range",
+                "13:14",
+                "--instruction",
+                "x",
+            ],
+            "past the end",
+            "pass a range within 1:12",
+        ),
+        (
+            &["edit", "--file", "src/money.py", "--instruction", "  "],
+            "the edit instruction is empty",
+            "--instruction TEXT",
+        ),
+    ];
+    for (args, message, fix) in cases {
+        let out = env.troupe(repo.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(message) && err.contains(fix),
+            "{args:?}: {err}"
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}");
+    }
+}
+
+/// A language-server client over the child's stdio, every read bounded by a timeout.
+struct Lsp {
+    child: Child,
+    stdin: ChildStdin,
+    messages: mpsc::Receiver<Value>,
+}
+
+impl Lsp {
+    fn start(env: &Env, repo: &Path, model: &Path) -> Lsp {
+        let mut cmd = env.command(repo, &["--model", model.to_str().unwrap(), "lsp"]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn troupe lsp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            loop {
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(n) = line.strip_prefix("Content-Length: ") {
+                        length = n.parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+                if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        Lsp {
+            child,
+            stdin,
+            messages,
+        }
+    }
+
+    fn send_raw(&mut self, body: &[u8]) {
+        write!(self.stdin, "Content-Length: {}\r\n\r\n", body.len()).unwrap();
+        self.stdin.write_all(body).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn send(&mut self, message: Value) {
+        self.send_raw(&serde_json::to_vec(&message).unwrap());
+    }
+
+    /// The next message that is not a notification or request from the server.
+    fn response(&mut self, limit: Duration) -> Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let m = self
+                .messages
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no response from troupe lsp within {limit:?}"));
+            if m.get("method").is_none() {
+                return m;
+            }
+        }
+    }
+
+    fn request(&mut self, id: u64, method: &str, params: Value, limit: Duration) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        let r = self.response(limit);
+        assert_eq!(r["id"], id, "{r}");
+        r
+    }
+}
+
+impl Drop for Lsp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SHORT: Duration = Duration::from_secs(10);
+const MODEL_CALL: Duration = Duration::from_secs(120);
+
+#[test]
+fn the_language_server_explains_and_edits_open_buffers_and_exits_cleanly() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    let root = repo.path().canonicalize().unwrap();
+    let uri = format!("file://{}/src/money.py", root.display());
+
+    // Before initialize: refused, not crashed.
+    let r = lsp.request(1, "textDocument/codeAction", json!({}), SHORT);
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+
+    let r = lsp.request(
+        2,
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+        SHORT,
+    );
+    let caps = &r["result"]["capabilities"];
+    assert_eq!(caps["textDocumentSync"], 1, "{r}");
+    assert_eq!(
+        caps["executeCommandProvider"]["commands"],
+        json!(["troupe.explain", "troupe.edit"])
+    );
+    lsp.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+
+    // The buffer differs from the disk: an unsaved line at the top.
+    let buffer = format!("# unsaved note\n{MONEY}");
+    lsp.send(
+        json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+        "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": MONEY}}}),
+    );
+    lsp.send(
+        json!({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+        "textDocument": {"uri": uri, "version": 2},
+        "contentChanges": [{"text": buffer}]}}),
+    );
+
+    let selection =
+        json!({"start": {"line": 6, "character": 0}, "end": {"line": 8, "character": 0}});
+    let r = lsp.request(
+        3,
+        "textDocument/codeAction",
+        json!({"textDocument": {"uri": uri}, "range": selection, "context": {"diagnostics": []}}),
+        SHORT,
+    );
+    let titles: Vec<&str> = r["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["troupe: explain", "troupe: edit selection"]);
+    assert_eq!(r["result"][1]["command"]["command"], "troupe.edit");
+
+    // Lines 7-8 of the buffer (0-based 6 and 7): `def format_cents(c):` and its body.
+    let r = lsp.request(
+        4,
+        "workspace/executeCommand",
+        json!({"command": "troupe.edit", "arguments": [{"uri": uri, "range": selection,
+               "instruction": "rename the parameter c to cents"}]}),
+        MODEL_CALL,
+    );
+    let result = &r["result"];
+    assert!(result["diff"].as_str().unwrap().contains("@@"), "{r}");
+    let edits = &result["edit"]["changes"][&uri];
+    assert_eq!(edits.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(edits[0]["range"], selection, "only the selected lines: {r}");
+    // Applying the edit to the buffer touches nothing else.
+    let lines: Vec<&str> = buffer.split_inclusive('\n').collect();
+    let new_buffer = format!(
+        "{}{}{}",
+        lines[..6].concat(),
+        edits[0]["newText"].as_str().unwrap(),
+        lines[8..].concat()
+    );
+    assert_only_range_changed(&buffer, &new_buffer, 7, 8);
+
+    let r = lsp.request(
+        5,
+        "workspace/executeCommand",
+        json!({"command": "troupe.explain", "arguments": [{"uri": uri, "range": selection}]}),
+        MODEL_CALL,
+    );
+    assert!(
+        !r["result"]["explanation"].as_str().unwrap().is_empty(),
+        "{r}"
+    );
+    assert_eq!(
+        r["result"]["citations"][0],
+        json!({"path": "src/money.py", "start_line": 7, "end_line": 8})
+    );
+
+    // Bad requests get errors and the server keeps serving.
+    lsp.send_raw(b"{not json");
+    let r = lsp.response(SHORT);
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+    assert_eq!(r["id"], Value::Null);
+    let r = lsp.request(6, "textDocument/unknownThing", json!({}), SHORT);
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    let r = lsp.request(
+        7,
+        "workspace/executeCommand",
+        json!({"command": "troupe.edit", "arguments": [{"uri": "file:///etc/passwd"}]}),
+        SHORT,
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside the repository"),
+        "{r}"
+    );
+    let r = lsp.request(
+        8,
+        "workspace/executeCommand",
+        json!({"command": "troupe.explain", "arguments": [{"uri": uri,
+               "range": {"start": {"line": 40, "character": 0}, "end": {"line": 41, "character": 0}}}]}),
+        SHORT,
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pass a range within 1:13"),
+        "{r}"
+    );
+
+    let r = lsp.request(9, "shutdown", Value::Null, SHORT);
+    assert_eq!(r["result"], Value::Null, "{r}");
+    lsp.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = lsp.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "troupe lsp did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Waits until `path` exists or `limit` passes.
+fn wait_for(path: &Path, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[cfg(unix)]
+#[test]
+fn one_shot_commands_reuse_a_running_language_server() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let socket = repo.path().join(".troupe/editor.sock");
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    assert!(wait_for(&socket, SHORT), "troupe lsp listens on {socket:?}");
+
+    // A model path that does not exist: run in-process, this would fail; the running server's
+    // model answers instead.
+    let out = env.troupe(
+        repo.path(),
+        &[
+            "--model",
+            "/nonexistent/model.gguf",
+            "--json",
+            "explain",
+            "--file",
+            "src/money.py",
+            "--range",
+            "6:7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(!v["explanation"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(v["citations"][0]["start_line"], 6);
+
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+        SHORT,
+    );
+    lsp.request(2, "shutdown", Value::Null, SHORT);
+    lsp.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lsp.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "troupe lsp did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stale_socket_is_removed_and_the_command_runs_in_process() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let socket = repo.path().join(".troupe/editor.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    // A socket file whose server is gone.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let args = with(
+        &model,
+        &[
+            "--json",
+            "explain",
+            "--file",
+            "src/money.py",
+            "--range",
+            "1:3",
+        ],
+    );
+    let out = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["citations"][0]["end_line"], 3);
+    assert!(!socket.exists(), "the stale socket was removed");
+}
