@@ -156,6 +156,9 @@ enum Command {
         /// Write the output to FILE instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Also write the same report as FORMAT to FILE (repeatable), e.g. `sarif:troupe.sarif`.
+        #[arg(long, value_name = "FORMAT:FILE", value_parser = troupe::headless::review::parse_also)]
+        also: Vec<(troupe::headless::review::Format, PathBuf)>,
     },
 }
 
@@ -357,6 +360,7 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
             fail_on,
             min_coverage,
             output,
+            also,
         } => troupe::headless::review::run(
             &ctx,
             &troupe::headless::review::ReviewArgs {
@@ -370,6 +374,7 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
                 fail_on: *fail_on,
                 min_coverage: *min_coverage,
                 output: output.clone(),
+                also: also.clone(),
             },
         ),
         Command::Explain { file, range } => troupe::editor::explain(&ctx, file, range.as_deref()),

@@ -208,8 +208,13 @@ fn markdown_and_github_formats_report_coverage_and_provenance() {
         "{md}"
     );
     assert!(md.contains("<sub>troupe "), "{md}");
-    let out = review(&env, repo.path(), &["--format", "github"]);
+    // One run, several formats: the extra outputs match separate runs byte for byte.
+    let extra = tempfile::tempdir().unwrap();
+    let md_file = extra.path().join("review.md");
+    let also = format!("markdown:{}", md_file.display());
+    let out = review(&env, repo.path(), &["--format", "github", "--also", &also]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&md_file).unwrap(), md);
     let gh = stdout(&out);
     for line in gh.lines() {
         assert!(
@@ -309,6 +314,13 @@ fn bad_review_input_is_an_error_naming_the_fix() {
     let out = review(&env, repo.path(), &["--output", "/no/such/dir/r.sarif"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    let out = review(&env, repo.path(), &["--also", "pdf:x.pdf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown format `pdf`"),
+        "{}",
+        stderr(&out)
+    );
     let out = review(&env, repo.path(), &["--head", "HEAD", "--staged"]);
     assert_eq!(out.status.code(), Some(2), "conflicting sides are refused");
 }

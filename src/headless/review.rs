@@ -40,6 +40,23 @@ pub struct ReviewArgs {
     pub fail_on: Option<FailOn>,
     pub min_coverage: Option<f64>,
     pub output: Option<PathBuf>,
+    /// More outputs of the same report: `(format, file)`.
+    pub also: Vec<(Format, PathBuf)>,
+}
+
+/// Parses `FORMAT:FILE` (for `--also`).
+pub fn parse_also(s: &str) -> Result<(Format, PathBuf), String> {
+    use clap::ValueEnum;
+    let (format, file) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not FORMAT:FILE (e.g. sarif:troupe.sarif)"))?;
+    let format = Format::from_str(format, true).map_err(|_| {
+        format!("unknown format `{format}` in `{s}`; use text, markdown, json, sarif or github")
+    })?;
+    if file.is_empty() {
+        return Err(format!("`{s}` names no file"));
+    }
+    Ok((format, PathBuf::from(file)))
 }
 
 /// `troupe review`: exit 0 when nothing reaches `--fail-on` and coverage suffices, 1 otherwise.
@@ -63,15 +80,16 @@ pub fn run(ctx: &Context, args: &ReviewArgs) -> anyhow::Result<u8> {
     let format = args
         .format
         .unwrap_or(if ctx.json { Format::Json } else { Format::Text });
-    if let Some(out) = &args.output
-        && let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
-        bail!(
-            "cannot write {}: the directory {} does not exist",
-            out.display(),
-            parent.display()
-        );
+    for out in args.output.iter().chain(args.also.iter().map(|(_, f)| f)) {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            bail!(
+                "cannot write {}: the directory {} does not exist",
+                out.display(),
+                parent.display()
+            );
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -138,6 +156,9 @@ pub fn run(ctx: &Context, args: &ReviewArgs) -> anyhow::Result<u8> {
         report.coverage.hunks,
         report.coverage.ratio * 100.0
     );
+    for (format, path) in &args.also {
+        write_atomically(path, render(&report, *format).as_bytes())?;
+    }
     let text = render(&report, format);
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())?,
