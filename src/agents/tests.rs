@@ -198,15 +198,18 @@ async fn run_to_end(session: &mut Session, op: Op, limit: Duration) -> Vec<Event
     events
 }
 
-/// Exactly one TaskStarted first and one TaskComplete last (among task events), Begin/End pairs
-/// matched by call id and closed, every event one JSON line. Returns the outcome.
+/// Exactly one TaskStarted first and one TaskComplete last (among task events; the session's
+/// own events, such as its engine figures, come at any time), Begin/End pairs matched by call
+/// id and closed, every event one JSON line. Returns the outcome.
 pub(crate) fn check_events(events: &[Event]) -> TaskOutcome {
     let task: Vec<&Event> = events
         .iter()
         .filter(|e| {
             !matches!(
                 e.msg,
-                EventMsg::SessionConfigured { .. } | EventMsg::ShutdownComplete
+                EventMsg::SessionConfigured { .. }
+                    | EventMsg::ShutdownComplete
+                    | EventMsg::EngineMetrics { .. }
             )
         })
         .collect();

@@ -317,6 +317,27 @@ impl Engine {
     /// ending with exactly one terminal event. A request that cannot be prepared (bad grammar,
     /// prompt too long, no chat template) yields one error. Dropping the stream cancels.
     pub fn generate(&self, request: GenerateRequest) -> GenerationStream {
+        match self.stream_for(request) {
+            (stream, Some(pending)) => {
+                if self
+                    .inner
+                    .tx
+                    .send(Command::Generate(Box::new(pending)))
+                    .is_err()
+                {
+                    let id = stream.id();
+                    drop(stream);
+                    return GenerationStream::failed(id, Error::EngineStopped);
+                }
+                stream
+            }
+            (stream, None) => stream,
+        }
+    }
+
+    /// A new request's stream and, when it could be prepared, what to queue; otherwise the
+    /// stream already carries the error (nothing is queued, so its cancel-on-drop is a no-op).
+    fn stream_for(&self, request: GenerateRequest) -> (GenerationStream, Option<Pending<Job>>) {
         let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let cancel_tx = self.inner.tx.clone();
         let (tx, stream) = GenerationStream::channel(
@@ -326,22 +347,10 @@ impl Engine {
             }),
         );
         match self.prepare(id, request, tx) {
-            Ok(pending) => {
-                if self
-                    .inner
-                    .tx
-                    .send(Command::Generate(Box::new(pending)))
-                    .is_err()
-                {
-                    drop(stream);
-                    return GenerationStream::failed(id, Error::EngineStopped);
-                }
-                stream
-            }
+            Ok(pending) => (stream, Some(pending)),
             Err(e) => {
-                // Nothing was queued; the stream's cancel-on-drop would be a no-op anyway.
                 drop(stream);
-                GenerationStream::failed(id, e)
+                (GenerationStream::failed(id, e), None)
             }
         }
     }
@@ -353,24 +362,9 @@ impl Engine {
         let mut streams = Vec::with_capacity(requests.len());
         let mut group = Vec::with_capacity(requests.len());
         for request in requests {
-            let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-            let cancel_tx = self.inner.tx.clone();
-            let (tx, stream) = GenerationStream::channel(
-                id,
-                Box::new(move || {
-                    let _ = cancel_tx.send(Command::Cancel(id));
-                }),
-            );
-            match self.prepare(id, request, tx) {
-                Ok(pending) => {
-                    group.push(pending);
-                    streams.push(stream);
-                }
-                Err(e) => {
-                    drop(stream);
-                    streams.push(GenerationStream::failed(id, e));
-                }
-            }
+            let (stream, pending) = self.stream_for(request);
+            group.extend(pending);
+            streams.push(stream);
         }
         if !group.is_empty() && self.inner.tx.send(Command::GenerateGroup(group)).is_err() {
             return streams

@@ -248,6 +248,23 @@ fn coverage_line(report: &ReviewReport) -> String {
     )
 }
 
+/// `skipped PATH: reason` for each file not wholly reviewed.
+fn not_reviewed(report: &ReviewReport) -> impl Iterator<Item = String> + '_ {
+    report
+        .coverage
+        .files
+        .iter()
+        .filter(|f| f.status != CoverageStatus::Reviewed)
+        .map(|f| {
+            format!(
+                "{} {}: {}",
+                status_name(f.status),
+                f.path,
+                f.reason.as_deref().unwrap_or("")
+            )
+        })
+}
+
 fn provenance_line(report: &ReviewReport) -> String {
     let p = &report.provenance;
     let short = |s: &str| s.get(..12).unwrap_or(s).to_string();
@@ -297,16 +314,8 @@ fn text(report: &ReviewReport) -> String {
         if report.findings.len() == 1 { "" } else { "s" },
         coverage_line(report)
     );
-    for f in &report.coverage.files {
-        if f.status != CoverageStatus::Reviewed {
-            let _ = writeln!(
-                out,
-                "  {} {}: {}",
-                status_name(f.status),
-                f.path,
-                f.reason.as_deref().unwrap_or("")
-            );
-        }
+    for line in not_reviewed(report) {
+        let _ = writeln!(out, "  {line}");
     }
     if report.findings_dropped > 0 {
         let _ = writeln!(
@@ -484,16 +493,9 @@ fn github(report: &ReviewReport) -> String {
         report.findings.len(),
         coverage_line(report)
     );
-    for f in &report.coverage.files {
-        if f.status != CoverageStatus::Reviewed {
-            let _ = write!(
-                summary,
-                "\n{} {}: {}",
-                status_name(f.status),
-                f.path,
-                f.reason.as_deref().unwrap_or("")
-            );
-        }
+    for line in not_reviewed(report) {
+        summary.push('\n');
+        summary.push_str(&line);
     }
     summary.push('\n');
     summary.push_str(&provenance_line(report));
