@@ -131,6 +131,10 @@ pub struct ReviewSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
     pub head: ReviewHead,
+    /// Review only these files of the change (repository-relative, `/`-separated); empty:
+    /// every file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// Whether a file of the change was reviewed.
