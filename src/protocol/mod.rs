@@ -97,6 +97,10 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content: Option<String>,
     },
+    /// Stop a running one-shot request (ask, explain, edit, review) by its submission id: its
+    /// model requests end and it answers with an `Error` saying it was cancelled. Unknown or
+    /// finished ids are ignored.
+    Cancel { id: String },
 }
 
 /// A saved task, as listings show it.
