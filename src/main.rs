@@ -110,7 +110,7 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
-    /// Language server over stdio (code actions "troupe: explain" and "troupe: edit selection").
+    /// Language server over stdio (code actions: explain, edit selection, review file).
     Lsp,
     /// Run a writer/reviewer/tester task headless (exit 0 converged, 1 not converged).
     Run {

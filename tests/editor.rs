@@ -368,6 +368,23 @@ impl Lsp {
         }
     }
 
+    /// Every message up to and including the first one `done` accepts.
+    fn until(&mut self, limit: Duration, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let m = self.messages.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("troupe lsp did not send the awaited message within {limit:?}: {seen:?}")
+            });
+            let last = done(&m);
+            seen.push(m);
+            if last {
+                return seen;
+            }
+        }
+    }
+
     fn request(&mut self, id: u64, method: &str, params: Value, limit: Duration) -> Value {
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
         let r = self.response(limit);
@@ -407,10 +424,11 @@ fn the_language_server_explains_and_edits_open_buffers_and_exits_cleanly() {
         SHORT,
     );
     let caps = &r["result"]["capabilities"];
-    assert_eq!(caps["textDocumentSync"], 1, "{r}");
+    assert_eq!(caps["textDocumentSync"]["change"], 1, "{r}");
+    assert_eq!(caps["textDocumentSync"]["save"], true, "{r}");
     assert_eq!(
         caps["executeCommandProvider"]["commands"],
-        json!(["troupe.explain", "troupe.edit"])
+        json!(["troupe.explain", "troupe.edit", "troupe.review"])
     );
     lsp.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
 
@@ -440,7 +458,18 @@ fn the_language_server_explains_and_edits_open_buffers_and_exits_cleanly() {
         .iter()
         .map(|a| a["title"].as_str().unwrap())
         .collect();
-    assert_eq!(titles, ["troupe: explain", "troupe: edit selection"]);
+    assert_eq!(
+        titles,
+        [
+            "troupe: explain",
+            "troupe: edit selection",
+            "troupe: review file"
+        ]
+    );
+    assert_eq!(
+        r["result"][2]["command"]["arguments"][0],
+        json!({"uri": uri})
+    );
     assert_eq!(r["result"][1]["command"]["command"], "troupe.edit");
 
     // Lines 7-8 of the buffer (0-based 6 and 7): `def format_cents(c):` and its body.
@@ -624,4 +653,159 @@ fn a_stale_socket_is_removed_and_the_command_runs_in_process() {
     let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["citations"][0]["end_line"], 3);
     assert!(!socket.exists(), "the stale socket was removed");
+}
+
+/// Whether `m` is the response to request `id`.
+fn answers(m: &Value, id: u64) -> bool {
+    m.get("method").is_none() && m["id"] == id
+}
+
+/// The `$/progress` values sent for `token`.
+fn progress_of<'a>(messages: &'a [Value], token: &Value) -> Vec<&'a Value> {
+    messages
+        .iter()
+        .filter(|m| m["method"] == "$/progress" && &m["params"]["token"] == token)
+        .map(|m| &m["params"]["value"])
+        .collect()
+}
+
+#[test]
+fn review_file_publishes_diagnostics_for_its_uri_with_progress_and_again_on_save() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    // An uncommitted change to the reviewed file, and one to another file.
+    let changed = MONEY.replace("return a + b", "return a - b  # subtract");
+    std::fs::write(repo.path().join("src/money.py"), &changed).unwrap();
+    std::fs::write(repo.path().join("README.md"), "# shop\n\nChanged.\n").unwrap();
+    let lines = changed.lines().count() as u64;
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    let root = repo.path().canonicalize().unwrap();
+    let uri = format!("file://{}/src/money.py", root.display());
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null,
+               "capabilities": {"window": {"workDoneProgress": true}},
+               "initializationOptions": {"reviewOnSave": true}}),
+        SHORT,
+    );
+    lsp.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
+        "params": {"command": "troupe.review", "arguments": [{"uri": uri}]}}),
+    );
+    let seen = lsp.until(Duration::from_secs(300), |m| answers(m, 2));
+    let create = seen
+        .iter()
+        .find(|m| m["method"] == "window/workDoneProgress/create")
+        .unwrap_or_else(|| panic!("a progress token is created: {seen:?}"));
+    let progress = progress_of(&seen, &create["params"]["token"]);
+    assert_eq!(progress.first().unwrap()["kind"], "begin", "{seen:?}");
+    assert_eq!(progress.first().unwrap()["title"], "troupe: review");
+    assert_eq!(progress.last().unwrap()["kind"], "end", "{seen:?}");
+    let published: Vec<&Value> = seen
+        .iter()
+        .filter(|m| m["method"] == "textDocument/publishDiagnostics")
+        .collect();
+    assert_eq!(
+        published.len(),
+        1,
+        "one publish, for the reviewed file: {seen:?}"
+    );
+    assert_eq!(published[0]["params"]["uri"], uri.as_str());
+    let diagnostics = published[0]["params"]["diagnostics"].as_array().unwrap();
+    for d in diagnostics {
+        let (start, end) = (&d["range"]["start"], &d["range"]["end"]);
+        assert!(
+            start["line"].as_u64().unwrap() <= end["line"].as_u64().unwrap(),
+            "{d}"
+        );
+        assert!(end["line"].as_u64().unwrap() < lines, "{d}");
+        assert_eq!(d["source"], "troupe", "{d}");
+        assert!((1..=4).contains(&d["severity"].as_u64().unwrap()), "{d}");
+        assert!(d["code"].is_string(), "{d}");
+    }
+    let response = seen.last().unwrap();
+    assert_eq!(
+        response["result"]["findings"].as_u64(),
+        Some(diagnostics.len() as u64),
+        "{response}"
+    );
+
+    // Saving the file reviews it again and publishes again.
+    lsp.send(json!({"jsonrpc": "2.0", "method": "textDocument/didSave",
+        "params": {"textDocument": {"uri": uri}}}));
+    let seen = lsp.until(Duration::from_secs(300), |m| {
+        m["method"] == "textDocument/publishDiagnostics"
+    });
+    assert_eq!(seen.last().unwrap()["params"]["uri"], uri.as_str());
+}
+
+#[test]
+fn a_cancelled_command_is_answered_request_cancelled_and_the_server_keeps_serving() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    let root = repo.path().canonicalize().unwrap();
+    let uri = format!("file://{}/src/money.py", root.display());
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null,
+               "capabilities": {"window": {"workDoneProgress": true}}}),
+        SHORT,
+    );
+    // The client gives its own progress token.
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
+        "params": {"command": "troupe.edit", "workDoneToken": "edit-1",
+                   "arguments": [{"uri": uri, "instruction": "add type hints everywhere"}]}}),
+    );
+    let token = json!("edit-1");
+    let seen = lsp.until(MODEL_CALL, |m| {
+        m["method"] == "$/progress" && m["params"]["token"] == token
+    });
+    assert_eq!(progress_of(&seen, &token)[0]["kind"], "begin");
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m["method"] == "window/workDoneProgress/create"),
+        "no token is created when the client gave one: {seen:?}"
+    );
+    // While the edit runs, other requests are answered, and the edit can be cancelled.
+    lsp.send(json!({"jsonrpc": "2.0", "id": 3, "method": "textDocument/codeAction",
+        "params": {"textDocument": {"uri": uri}, "context": {"diagnostics": []},
+                   "range": {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}}}}));
+    lsp.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
+    let seen = lsp.until(SHORT, |m| answers(m, 2));
+    let cancelled = seen.last().unwrap();
+    assert_eq!(cancelled["error"]["code"], -32800, "{seen:?}");
+    assert!(
+        seen.iter().any(|m| answers(m, 3) && m["result"].is_array()),
+        "{seen:?}"
+    );
+    let progress = progress_of(&seen, &token);
+    assert_eq!(progress.last().unwrap()["kind"], "end", "{seen:?}");
+
+    // The same session serves the next request, and request 2 gets no second answer.
+    let r = lsp.request(
+        4,
+        "workspace/executeCommand",
+        json!({"command": "troupe.explain", "arguments": [{"uri": uri,
+               "range": {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}}}]}),
+        MODEL_CALL,
+    );
+    assert!(
+        !r["result"]["explanation"].as_str().unwrap().is_empty(),
+        "{r}"
+    );
+    // Cancelling what already finished changes nothing.
+    lsp.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 4}}));
+    let r = lsp.request(5, "shutdown", Value::Null, SHORT);
+    assert_eq!(r["result"], Value::Null, "{r}");
 }

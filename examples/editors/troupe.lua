@@ -3,9 +3,11 @@
 -- `require("troupe")` to init.lua. `troupe` must be on PATH (or set `troupe_bin`).
 local troupe_bin = "troupe"
 
--- 1. The language server: code actions "troupe: explain" and "troupe: edit selection" on a
---    visual selection (`vim.lsp.buf.code_action()`, by default `gra`), for every file of a git
---    repository. The server keeps your unsaved buffers, so the model sees what you see.
+-- 1. The language server: code actions "troupe: explain", "troupe: edit selection" and
+--    "troupe: review file" on a visual selection (`vim.lsp.buf.code_action()`, by default
+--    `gra`), for every file of a git repository. The server keeps your unsaved buffers, so the
+--    model sees what you see (a review reads the saved file). Review findings arrive as
+--    diagnostics (`]d`, `vim.diagnostic.open_float()`); a finding's suggestion is a quick fix.
 vim.api.nvim_create_autocmd("FileType", {
   callback = function(args)
     local root = vim.fs.root(args.buf, ".git")
@@ -15,7 +17,11 @@ vim.api.nvim_create_autocmd("FileType", {
       cmd = { troupe_bin, "lsp" },
       root_dir = root,
       -- The instruction of the "edit selection" code action.
-      init_options = { editInstruction = "Fix any bugs and make this code clearer." },
+      -- reviewOnSave: review the file's uncommitted change on every :w.
+      init_options = {
+        editInstruction = "Fix any bugs and make this code clearer.",
+        reviewOnSave = false,
+      },
     }, { bufnr = args.buf })
   end,
 })

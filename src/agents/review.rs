@@ -157,9 +157,16 @@ fn resolve(root: &Path, spec: &ReviewSpec) -> Result<Resolved, Failure> {
         (Side::Commit(head), Some(b)) => Some(repo.merge_base(b, *head).unwrap_or(b)),
         (_, b) => b,
     };
-    let change = repo
+    let mut change = repo
         .change(base, &side, CONTEXT_LINES)
         .map_err(|e| fail(e.to_string()))?;
+    if !spec.paths.is_empty() {
+        let wanted = |p: &str| spec.paths.iter().any(|w| w.trim_start_matches("./") == p);
+        change
+            .files
+            .retain(|f| wanted(&f.path) || f.old_path.as_deref().is_some_and(wanted));
+        change.patch = patch_of(&change.patch, &change.files);
+    }
     let base_commit = base.map_or_else(|| "none".to_string(), |b| b.to_string());
     let mut instructions = match base {
         Some(b) => super::context::instruction_files(&repo, &b.to_string()),
@@ -179,6 +186,28 @@ fn resolve(root: &Path, spec: &ReviewSpec) -> Result<Resolved, Failure> {
         head: head_label,
         instructions,
     })
+}
+
+/// The parts of a unified `patch` (one per `diff --git` header) that belong to `files`.
+fn patch_of(patch: &str, files: &[ChangedFile]) -> String {
+    let headers: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let old = f.old_path.as_deref().unwrap_or(&f.path);
+            format!("diff --git a/{old} b/{}", f.path)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut keep = false;
+    for line in patch.split_inclusive('\n') {
+        if line.starts_with("diff --git ") {
+            keep = headers.iter().any(|h| line.trim_end() == h);
+        }
+        if keep {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 async fn review_inner(

@@ -6,6 +6,7 @@
 //! The event stream starts with `SessionConfigured` and ends with `ShutdownComplete` (after a
 //! `Shutdown` op, or once the session handle is dropped); nothing follows it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -240,6 +241,8 @@ async fn core(
     let approvals: Approvals = Arc::new(Mutex::new(Default::default()));
     let mut cancels: Vec<Cancel> = Vec::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // One-shot requests that may be cancelled by id.
+    let mut one_shots: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let mut shutdown_id = String::new();
     let mut metrics = MetricsReporter::new(Arc::clone(&env.backend));
     let mut ticker = tokio::time::interval(METRICS_EVERY);
@@ -342,7 +345,8 @@ async fn core(
                     max_tokens: one_shot.ask_tokens,
                 };
                 let events = events.clone();
-                tasks.spawn(async move {
+                let key = id.clone();
+                let handle = tasks.spawn(async move {
                     let emit = move |msg: EventMsg| {
                         let _ = events.send(Event {
                             id: id.clone(),
@@ -357,6 +361,7 @@ async fn core(
                     };
                     ask::answer(&ask_env, q, &emit).await;
                 });
+                track(&mut one_shots, key, handle);
             }
             Op::Review { spec } => {
                 let review_env = review::ReviewEnv {
@@ -368,7 +373,8 @@ async fn core(
                     ctx_per_seq: review_setup.ctx_per_seq,
                 };
                 let events = events.clone();
-                tasks.spawn(async move {
+                let key = id.clone();
+                let handle = tasks.spawn(async move {
                     let emit = move |msg: EventMsg| {
                         let _ = events.send(Event {
                             id: id.clone(),
@@ -378,6 +384,7 @@ async fn core(
                     };
                     review::review(&review_env, spec, &emit).await;
                 });
+                track(&mut one_shots, key, handle);
             }
             Op::Shutdown => {
                 shutdown_id = id;
@@ -435,8 +442,8 @@ async fn core(
                 content,
             } => {
                 let shot_env = one_shot_env(&env, one_shot.budget, one_shot.ask_tokens);
-                let emit = emitter(&events, id);
-                tasks.spawn(async move {
+                let emit = emitter(&events, id.clone());
+                let handle = tasks.spawn(async move {
                     let sel = explain::Selection {
                         file,
                         range,
@@ -444,6 +451,7 @@ async fn core(
                     };
                     explain::explain(&shot_env, sel, &emit).await;
                 });
+                track(&mut one_shots, id, handle);
             }
             Op::Edit {
                 file,
@@ -452,8 +460,8 @@ async fn core(
                 content,
             } => {
                 let shot_env = one_shot_env(&env, one_shot.budget, one_shot.edit_tokens);
-                let emit = emitter(&events, id);
-                tasks.spawn(async move {
+                let emit = emitter(&events, id.clone());
+                let handle = tasks.spawn(async move {
                     let req = rewrite::EditRequest {
                         file,
                         range,
@@ -462,6 +470,22 @@ async fn core(
                     };
                     rewrite::propose(&shot_env, req, &emit).await;
                 });
+                track(&mut one_shots, id, handle);
+            }
+            Op::Cancel { id: target } => {
+                // Aborting the request's task drops its model streams; the engine frees them.
+                if let Some(handle) = one_shots.remove(&target)
+                    && !handle.is_finished()
+                {
+                    handle.abort();
+                    send(
+                        &target,
+                        EventMsg::Error {
+                            message: format!("request {target} was cancelled"),
+                            fix: None,
+                        },
+                    );
+                }
             }
         }
     }
@@ -491,6 +515,16 @@ struct OneShot {
 }
 
 /// What a one-shot request (explain, edit) needs of the session.
+/// Remembers a one-shot request's task for [`Op::Cancel`], forgetting finished ones.
+fn track(
+    one_shots: &mut HashMap<String, tokio::task::AbortHandle>,
+    id: String,
+    handle: tokio::task::AbortHandle,
+) {
+    one_shots.retain(|_, h| !h.is_finished());
+    one_shots.insert(id, handle);
+}
+
 fn one_shot_env(env: &TaskEnv, budget: usize, max_tokens: u32) -> ask::AskEnv {
     ask::AskEnv {
         backend: Arc::clone(&env.backend),

@@ -745,3 +745,56 @@ async fn a_command_the_user_does_not_approve_is_denied_and_the_writer_alone_conv
         "{writer:?}"
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_one_shot_request_drops_its_model_stream_and_says_so() {
+    let dir = calc_repo();
+    let backend = Arc::new(Scripted {
+        hang_after: Some(0),
+        ..Arc::into_inner(Scripted::new(&[])).unwrap()
+    });
+    let mut session = session(backend.clone(), dir.path(), config("true", 1));
+    let explain = Op::Explain {
+        file: "calc.py".into(),
+        range: None,
+        content: None,
+    };
+    session
+        .submit(Submission {
+            id: "x1".into(),
+            op: explain,
+        })
+        .unwrap();
+    // Wait until the request reaches the model (and hangs there).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while backend.hung.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the model was asked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    session
+        .submit(Submission {
+            id: "c1".into(),
+            op: Op::Cancel { id: "x1".into() },
+        })
+        .unwrap();
+    let event = loop {
+        let e = tokio::time::timeout_at(deadline, session.next_event())
+            .await
+            .expect("an answer to the cancelled request")
+            .expect("the session runs");
+        if e.id == "x1" {
+            break e;
+        }
+    };
+    match event.msg {
+        EventMsg::Error { message, .. } => assert!(message.contains("cancelled"), "{message}"),
+        other => panic!("expected the cancellation, got {other:?}"),
+    }
+    assert!(
+        backend.hung.lock().unwrap().iter().all(|tx| tx.is_closed()),
+        "the model stream was dropped"
+    );
+}

@@ -1,17 +1,30 @@
 //! `troupe lsp`: a language server over stdio (JSON-RPC 2.0 with `Content-Length` framing).
 //!
 //! It keeps the editor's open buffers (`textDocument/didOpen`, `didChange`, `didClose`), offers
-//! two code actions on a selection, "troupe: explain" and "troupe: edit selection", and runs them
-//! as `workspace/executeCommand`:
+//! code actions on a selection, "troupe: explain", "troupe: edit selection" and "troupe: review
+//! file", and runs them as `workspace/executeCommand`:
 //!
 //! - `troupe.explain` `[{"uri", "range"?, "show"?}]` returns `{"explanation", "citations"}`
 //!   (with `show`, also a `window/showMessage`);
 //! - `troupe.edit` `[{"uri", "range"?, "instruction"?, "apply"?}]` returns `{"diff", "edit"
 //!   (a WorkspaceEdit of the selected lines only), "lines_added", "lines_removed"}` (with
-//!   `apply`, the server also sends `workspace/applyEdit`).
+//!   `apply`, the server also sends `workspace/applyEdit`);
+//! - `troupe.review` `[{"uri"}]` reviews the file's uncommitted change (the worktree, as saved,
+//!   against `HEAD`), publishes the findings as `textDocument/publishDiagnostics` for the URI
+//!   (an empty list when there are none) and returns `{"findings", "diagnostics"}`. A finding's
+//!   suggestion comes back as a quick fix on its diagnostic: an edit of its lines with the
+//!   suggestion as the instruction. With `initializationOptions.reviewOnSave`, every
+//!   `textDocument/didSave` reviews the file too.
+//!
+//! Long work reports `$/progress` (begin, report, end) when the client gives a `workDoneToken`
+//! or advertised `window.workDoneProgress` (then the server creates a token). `$/cancelRequest`
+//! of a running command stops its model requests (`Op::Cancel`) and answers it with
+//! RequestCancelled (-32800). Commands run on the session while the server keeps reading, so
+//! other requests are answered meanwhile.
 //!
 //! `range` is an LSP range; the whole lines it touches are used. The session (and the model)
-//! starts with the first command, so `initialize` answers at once. Bad input (malformed JSON, an
+//! starts with the first command, so `initialize` answers at once; every command and every
+//! one-shot command over the socket shares that one model. Bad input (malformed JSON, an
 //! unknown method, bad parameters, a file outside the repository) gets a JSON-RPC error; the
 //! server keeps running.
 //!
@@ -33,11 +46,14 @@ use tokio::sync::mpsc;
 use crate::agents::target::Target;
 use crate::agents::{Session, SessionOptions};
 use crate::commands::{Context, exit};
-use crate::protocol::{EditProposal, Event, EventMsg, Op, Submission};
+use crate::protocol::{
+    EditProposal, Event, EventMsg, Finding, Op, ReviewHead, ReviewSpec, Severity, Submission,
+};
 
 /// The commands the server executes.
 pub const EXPLAIN_COMMAND: &str = "troupe.explain";
 pub const EDIT_COMMAND: &str = "troupe.edit";
+pub const REVIEW_COMMAND: &str = "troupe.review";
 
 /// The instruction of the "edit selection" code action when the client configures none
 /// (`initializationOptions.editInstruction`).
@@ -51,6 +67,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 const SERVER_NOT_INITIALIZED: i64 = -32002;
 const REQUEST_FAILED: i64 = -32803;
+const REQUEST_CANCELLED: i64 = -32800;
 
 /// `troupe lsp`: serves stdin/stdout until `exit` (0 after `shutdown`, else 1) or end of input.
 pub fn run(ctx: &Context) -> anyhow::Result<u8> {
@@ -157,16 +174,41 @@ fn write_frame(out: &mut dyn Write, message: &Value) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Which command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Explain,
+    Edit,
+    Review,
+}
+
+impl Kind {
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Explain => "troupe: explain",
+            Kind::Edit => "troupe: edit",
+            Kind::Review => "troupe: review",
+        }
+    }
+}
+
 /// What a running command waits for.
 #[derive(Debug)]
 struct Pending {
-    /// The client's request id.
-    request: Value,
+    kind: Kind,
+    /// The client's request id (`None`: a review started by a save).
+    request: Option<Value>,
     uri: String,
-    /// The text the command ran on (for the edit's positions).
+    /// The file, relative to the repository root.
+    file: String,
+    /// The text the command ran on (for the edit's and the diagnostics' positions).
     base: String,
     /// Also show (explain) or apply (edit) in the client.
     act: bool,
+    /// The work-done progress token, when the client shows progress.
+    progress: Option<Value>,
+    /// Whether output has started streaming (reported once).
+    streaming: bool,
 }
 
 /// Arguments of the two commands.
@@ -194,6 +236,10 @@ struct Server {
     pending: HashMap<String, Pending>,
     next_id: u64,
     edit_instruction: String,
+    /// The client shows `$/progress` it is asked to create (`window.workDoneProgress`).
+    work_done_progress: bool,
+    /// Review a file when it is saved (`initializationOptions.reviewOnSave`).
+    review_on_save: bool,
     /// Requests of one-shot commands over the socket: session id -> (their id, their events).
     remote: HashMap<String, (String, mpsc::UnboundedSender<Event>)>,
 }
@@ -218,6 +264,8 @@ impl Server {
             pending: HashMap::new(),
             next_id: 0,
             edit_instruction: DEFAULT_INSTRUCTION.into(),
+            work_done_progress: false,
+            review_on_save: false,
             remote: HashMap::new(),
         }
     }
@@ -278,8 +326,11 @@ impl Server {
                         });
                     }
                     for (_, p) in std::mem::take(&mut self.pending) {
-                        let e = error_response(p.request, REQUEST_FAILED, "the session stopped");
-                        self.send(&e)?;
+                        self.end_progress(&p, "the session stopped")?;
+                        if let Some(request) = p.request {
+                            let e = error_response(request, REQUEST_FAILED, "the session stopped");
+                            self.send(&e)?;
+                        }
                     }
                 }
             }
@@ -314,7 +365,7 @@ impl Server {
         };
         match id {
             Some(id) => self.on_request(id, &method, params).await?,
-            None => return self.on_notification(&method, params),
+            None => return self.on_notification(&method, params).await,
         }
         Ok(None)
     }
@@ -348,7 +399,7 @@ impl Server {
         self.send(&message)
     }
 
-    fn on_notification(&mut self, method: &str, params: Value) -> anyhow::Result<Option<u8>> {
+    async fn on_notification(&mut self, method: &str, params: Value) -> anyhow::Result<Option<u8>> {
         match method {
             "exit" => {
                 return Ok(Some(if self.shutdown {
@@ -380,7 +431,21 @@ impl Server {
                     self.buffers.remove(p.text_document.uri.as_str());
                 }
             }
-            // `initialized`, `$/cancelRequest`, `didSave`, settings: nothing to do.
+            "textDocument/didSave" if self.initialized && self.review_on_save => {
+                if let Some(uri) = params.pointer("/textDocument/uri").and_then(Value::as_str) {
+                    let uri = uri.to_string();
+                    if let Err((_, message)) = self.start(Kind::Review, None, uri, None).await {
+                        self.send(&json!({"jsonrpc": "2.0", "method": "window/showMessage",
+                            "params": {"type": 1, "message": format!("troupe review: {message}")}}))?;
+                    }
+                }
+            }
+            "$/cancelRequest" => {
+                if let Some(id) = params.get("id") {
+                    self.cancel(id).await?;
+                }
+            }
+            // `initialized`, settings: nothing to do.
             _ => {}
         }
         Ok(None)
@@ -395,13 +460,30 @@ impl Server {
         {
             self.edit_instruction = text.to_string();
         }
+        self.review_on_save = params
+            .pointer("/initializationOptions/reviewOnSave")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.work_done_progress = params
+            .pointer("/capabilities/window/workDoneProgress")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let capabilities = lsp::ServerCapabilities {
-            text_document_sync: Some(lsp::TextDocumentSyncCapability::Kind(
-                lsp::TextDocumentSyncKind::FULL,
+            text_document_sync: Some(lsp::TextDocumentSyncCapability::Options(
+                lsp::TextDocumentSyncOptions {
+                    open_close: Some(true),
+                    change: Some(lsp::TextDocumentSyncKind::FULL),
+                    save: Some(lsp::TextDocumentSyncSaveOptions::Supported(true)),
+                    ..Default::default()
+                },
             )),
             code_action_provider: Some(lsp::CodeActionProviderCapability::Simple(true)),
             execute_command_provider: Some(lsp::ExecuteCommandOptions {
-                commands: vec![EXPLAIN_COMMAND.into(), EDIT_COMMAND.into()],
+                commands: vec![
+                    EXPLAIN_COMMAND.into(),
+                    EDIT_COMMAND.into(),
+                    REVIEW_COMMAND.into(),
+                ],
                 ..Default::default()
             }),
             ..Default::default()
@@ -431,7 +513,29 @@ impl Server {
             }),
             ..Default::default()
         };
-        let actions = vec![
+        // A troupe diagnostic's suggestion becomes the instruction of an edit of its lines.
+        let mut actions: Vec<lsp::CodeAction> = p
+            .context
+            .diagnostics
+            .iter()
+            .filter(|d| d.source.as_deref() == Some("troupe"))
+            .filter_map(|d| {
+                let suggestion = d.data.as_ref()?.get("suggestion")?.as_str()?;
+                let range = serde_json::to_value(d.range).ok()?;
+                let mut fix = action(
+                    &format!(
+                        "troupe: fix: {}",
+                        d.message.split(": ").next().unwrap_or(""),
+                    ),
+                    EDIT_COMMAND,
+                    json!({"uri": uri, "range": range, "instruction": suggestion, "apply": true}),
+                );
+                fix.kind = Some(lsp::CodeActionKind::QUICKFIX);
+                fix.diagnostics = Some(vec![d.clone()]);
+                Some(fix)
+            })
+            .collect();
+        actions.extend([
             action(
                 "troupe: explain",
                 EXPLAIN_COMMAND,
@@ -443,7 +547,8 @@ impl Server {
                 json!({"uri": uri, "range": range, "instruction": self.edit_instruction,
                        "apply": true}),
             ),
-        ];
+            action("troupe: review file", REVIEW_COMMAND, json!({"uri": uri})),
+        ]);
         serde_json::to_value(actions).map_err(|e| (REQUEST_FAILED, e.to_string()))
     }
 
@@ -455,32 +560,54 @@ impl Server {
                 format!("bad executeCommand parameters: {e}"),
             )
         })?;
+        let kind = match p.command.as_str() {
+            EXPLAIN_COMMAND => Kind::Explain,
+            EDIT_COMMAND => Kind::Edit,
+            REVIEW_COMMAND => Kind::Review,
+            other => {
+                return Err((
+                    INVALID_PARAMS,
+                    format!(
+                        "unknown command `{other}`; the commands are {EXPLAIN_COMMAND}, \
+                         {EDIT_COMMAND} and {REVIEW_COMMAND}"
+                    ),
+                ));
+            }
+        };
         let usage = || {
             format!(
                 "`{}` takes one argument {{\"uri\", \"range\"?, \"instruction\"?, \"apply\"?}}",
                 p.command
             )
         };
-        if p.command != EXPLAIN_COMMAND && p.command != EDIT_COMMAND {
-            return Err((
-                INVALID_PARAMS,
-                format!(
-                    "unknown command `{}`; the commands are {EXPLAIN_COMMAND} and {EDIT_COMMAND}",
-                    p.command
-                ),
-            ));
-        }
         let [arg] = p.arguments.as_slice() else {
             return Err((INVALID_PARAMS, usage()));
         };
         let args: CommandArgs = serde_json::from_value(arg.clone())
             .map_err(|e| (INVALID_PARAMS, format!("{}: {e}", usage())))?;
-        let path = uri_to_path(&args.uri).ok_or_else(|| {
-            (
-                INVALID_PARAMS,
-                format!("`{}` is not a file:// URI", args.uri),
-            )
-        })?;
+        let token = p
+            .work_done_progress_params
+            .work_done_token
+            .and_then(|t| serde_json::to_value(t).ok());
+        let uri = args.uri.clone();
+        self.start(kind, Some(id), uri, Some((args, token))).await
+    }
+
+    /// Submits a command to the session and remembers what waits for it. `args` is `None` for
+    /// a review started by a save (no request, no arguments).
+    async fn start(
+        &mut self,
+        kind: Kind,
+        request: Option<Value>,
+        uri: String,
+        args: Option<(CommandArgs, Option<Value>)>,
+    ) -> Result<(), (i64, String)> {
+        let (args, token) = match args {
+            Some((a, t)) => (Some(a), t),
+            None => (None, None),
+        };
+        let path = uri_to_path(&uri)
+            .ok_or_else(|| (INVALID_PARAMS, format!("`{uri}` is not a file:// URI")))?;
         let file = relative_to(&self.repo, &path).ok_or_else(|| {
             (
                 INVALID_PARAMS,
@@ -491,31 +618,46 @@ impl Server {
                 ),
             )
         })?;
-        let content = self.buffers.get(&args.uri).cloned();
+        // A review reads the worktree (the saved file), so its positions are the disk's.
+        let content = match kind {
+            Kind::Review => None,
+            Kind::Explain | Kind::Edit => self.buffers.get(&uri).cloned(),
+        };
         let target =
             Target::load(&self.repo, &file, content).map_err(|e| (INVALID_PARAMS, e.with_fix()))?;
-        let range = args.range.map(|r| lines_of(&r, target.line_count()));
+        let range = args
+            .as_ref()
+            .and_then(|a| a.range)
+            .map(|r| lines_of(&r, target.line_count()));
         target
             .check_range(range)
             .map_err(|e| (INVALID_PARAMS, e.with_fix()))?;
-        let op = if p.command == EXPLAIN_COMMAND {
-            Op::Explain {
-                file,
+        let op = match kind {
+            Kind::Explain => Op::Explain {
+                file: file.clone(),
                 range,
                 content: Some(target.text.clone()),
+            },
+            Kind::Edit => {
+                let instruction = args
+                    .as_ref()
+                    .and_then(|a| a.instruction.clone())
+                    .filter(|i| !i.trim().is_empty())
+                    .unwrap_or_else(|| self.edit_instruction.clone());
+                Op::Edit {
+                    file: file.clone(),
+                    range,
+                    instruction,
+                    content: Some(target.text.clone()),
+                }
             }
-        } else {
-            let instruction = args
-                .instruction
-                .clone()
-                .filter(|i| !i.trim().is_empty())
-                .unwrap_or_else(|| self.edit_instruction.clone());
-            Op::Edit {
-                file,
-                range,
-                instruction,
-                content: Some(target.text.clone()),
-            }
+            Kind::Review => Op::Review {
+                spec: ReviewSpec {
+                    base: None,
+                    head: ReviewHead::Worktree,
+                    paths: vec![file.clone()],
+                },
+            },
         };
         self.ensure_session()
             .await
@@ -530,16 +672,104 @@ impl Server {
             None => return Err((REQUEST_FAILED, "the session did not start".into())),
         };
         submitted.map_err(|e| (REQUEST_FAILED, e.to_string()))?;
+        let progress = match token {
+            Some(t) => Some(t),
+            None if self.work_done_progress => {
+                let token = json!(format!("troupe-progress-{}", self.next_id));
+                let create = json!({"jsonrpc": "2.0", "id": format!("troupe-{}", self.next_id),
+                    "method": "window/workDoneProgress/create", "params": {"token": token}});
+                self.send(&create)
+                    .map_err(|e| (REQUEST_FAILED, e.to_string()))?;
+                Some(token)
+            }
+            None => None,
+        };
+        if let Some(token) = &progress {
+            let begin = json!({"kind": "begin", "title": kind.title(), "cancellable": true,
+                "message": file});
+            self.send(&progress_message(token, begin))
+                .map_err(|e| (REQUEST_FAILED, e.to_string()))?;
+        }
         self.pending.insert(
             sub_id,
             Pending {
-                request: id,
-                uri: args.uri,
+                kind,
+                request,
+                uri,
+                file,
                 base: target.text,
-                act: args.apply,
+                act: args.is_some_and(|a| a.apply),
+                progress,
+                streaming: false,
             },
         );
         Ok(())
+    }
+
+    /// `$/cancelRequest`: stops the command that answers request `id` and answers it with
+    /// RequestCancelled. A request already answered is left alone.
+    async fn cancel(&mut self, id: &Value) -> anyhow::Result<()> {
+        let Some(sub_id) = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.request.as_ref() == Some(id))
+            .map(|(k, _)| k.clone())
+        else {
+            return Ok(());
+        };
+        let Some(p) = self.pending.remove(&sub_id) else {
+            return Ok(());
+        };
+        if let Some(s) = &self.session {
+            let _ = s.submit(Submission {
+                id: format!("cancel-{sub_id}"),
+                op: Op::Cancel { id: sub_id },
+            });
+        }
+        self.end_progress(&p, "cancelled")?;
+        self.send(&error_response(
+            id.clone(),
+            REQUEST_CANCELLED,
+            "the request was cancelled",
+        ))
+    }
+
+    /// Ends a command's progress, if it shows one.
+    fn end_progress(&mut self, p: &Pending, message: &str) -> anyhow::Result<()> {
+        match &p.progress {
+            Some(token) => self.send(&progress_message(
+                token,
+                json!({"kind": "end", "message": message}),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Reports a running command's progress, if it shows one.
+    fn report(&mut self, sub_id: &str, msg: &EventMsg) -> anyhow::Result<()> {
+        let Some(p) = self.pending.get_mut(sub_id) else {
+            return Ok(());
+        };
+        let Some(token) = p.progress.clone() else {
+            return Ok(());
+        };
+        let value = match msg {
+            EventMsg::AgentMessageDelta { .. } if !p.streaming => {
+                p.streaming = true;
+                json!({"kind": "report", "message": "writing"})
+            }
+            EventMsg::ReviewStarted { requests, .. } => {
+                json!({"kind": "report", "message": format!("{requests} model requests"),
+                       "percentage": 0})
+            }
+            EventMsg::ReviewProgress { done, total } => {
+                let percentage = (*done * 100).checked_div(*total).unwrap_or(100);
+                json!({"kind": "report", "message": format!("{done}/{total} requests"),
+                       "percentage": percentage})
+            }
+            _ => return Ok(()),
+        };
+        self.send(&progress_message(&token, value))
     }
 
     /// Starts the session (and loads the model) if it is not running.
@@ -599,12 +829,13 @@ impl Server {
             return Ok(());
         }
         if !is_final(&event.msg) {
-            return Ok(());
+            return self.report(&event.id, &event.msg);
         }
         let Some(p) = self.pending.remove(&event.id) else {
             return Ok(());
         };
-        match event.msg {
+        self.end_progress(&p, "done")?;
+        let result = match event.msg {
             EventMsg::ExplainComplete {
                 explanation,
                 citations,
@@ -614,8 +845,7 @@ impl Server {
                     self.send(&json!({"jsonrpc": "2.0", "method": "window/showMessage",
                         "params": {"type": 3, "message": explanation}}))?;
                 }
-                let result = json!({"explanation": explanation, "citations": citations});
-                self.send(&json!({"jsonrpc": "2.0", "id": p.request, "result": result}))
+                json!({"explanation": explanation, "citations": citations})
             }
             EventMsg::EditComplete { proposal } => {
                 let edit = workspace_edit(&p.uri, &p.base, &proposal);
@@ -627,22 +857,37 @@ impl Server {
                         "params": {"label": "troupe: edit", "edit": edit}}),
                     )?;
                 }
-                let result = json!({
+                json!({
                     "diff": proposal.diff,
                     "edit": edit,
                     "lines_added": proposal.lines_added,
                     "lines_removed": proposal.lines_removed,
-                });
-                self.send(&json!({"jsonrpc": "2.0", "id": p.request, "result": result}))
+                })
+            }
+            EventMsg::ReviewComplete { report } => {
+                let diagnostics = diagnostics(&p.base, &p.file, &report.findings);
+                self.send(
+                    &json!({"jsonrpc": "2.0", "method": "textDocument/publishDiagnostics",
+                    "params": {"uri": p.uri, "diagnostics": diagnostics}}),
+                )?;
+                json!({"findings": diagnostics.len(), "diagnostics": diagnostics})
             }
             EventMsg::Error { message, fix } => {
                 let message = match fix {
                     Some(fix) => format!("{message}; {fix}"),
                     None => message,
                 };
-                self.send(&error_response(p.request, REQUEST_FAILED, &message))
+                return match p.request {
+                    Some(request) => self.send(&error_response(request, REQUEST_FAILED, &message)),
+                    None => self.send(&json!({"jsonrpc": "2.0", "method": "window/showMessage",
+                        "params": {"type": 1, "message": format!("{}: {message}", p.kind.title())}})),
+                };
             }
-            _ => Ok(()),
+            _ => return Ok(()),
+        };
+        match p.request {
+            Some(request) => self.send(&json!({"jsonrpc": "2.0", "id": request, "result": result})),
+            None => Ok(()),
         }
     }
 
@@ -676,6 +921,7 @@ fn is_final(msg: &EventMsg) -> bool {
         EventMsg::AskComplete { .. }
             | EventMsg::ExplainComplete { .. }
             | EventMsg::EditComplete { .. }
+            | EventMsg::ReviewComplete { .. }
             | EventMsg::Error { .. }
     )
 }
@@ -685,6 +931,50 @@ async fn next_session_event(session: &mut Option<Session>) -> Option<Event> {
         Some(s) => s.next_event().await,
         None => std::future::pending().await,
     }
+}
+
+fn progress_message(token: &Value, value: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": "$/progress", "params": {"token": token, "value": value}})
+}
+
+/// The diagnostics of a review's findings on `file`, positioned in `text` (the reviewed side):
+/// whole lines, clamped to the file.
+fn diagnostics(text: &str, file: &str, findings: &[Finding]) -> Vec<Value> {
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines.len().saturating_sub(1) as u32;
+    findings
+        .iter()
+        .filter(|f| f.file == file)
+        .map(|f| {
+            let start = f.start_line.saturating_sub(1).min(last);
+            let end = f.end_line.saturating_sub(1).clamp(start, last);
+            let end_char = lines
+                .get(end as usize)
+                .map_or(0, |l| l.encode_utf16().count() as u32);
+            let severity = match f.severity {
+                Severity::High => lsp::DiagnosticSeverity::ERROR,
+                Severity::Medium => lsp::DiagnosticSeverity::WARNING,
+                Severity::Low => lsp::DiagnosticSeverity::INFORMATION,
+                Severity::Info => lsp::DiagnosticSeverity::HINT,
+            };
+            let d = lsp::Diagnostic {
+                range: lsp::Range::new(
+                    lsp::Position::new(start, 0),
+                    lsp::Position::new(end, end_char),
+                ),
+                severity: Some(severity),
+                code: Some(lsp::NumberOrString::String(f.category.clone())),
+                source: Some("troupe".into()),
+                message: format!("{}: {}", f.title, f.explanation),
+                data: f
+                    .suggestion
+                    .as_ref()
+                    .map(|s| json!({"suggestion": s, "confidence": f.confidence})),
+                ..Default::default()
+            };
+            serde_json::to_value(d).unwrap_or(Value::Null)
+        })
+        .collect()
 }
 
 fn error_response(id: Value, code: i64, message: &str) -> Value {
@@ -870,5 +1160,38 @@ mod tests {
         assert_eq!(edit["range"]["start"], json!({"line": 1, "character": 0}));
         assert_eq!(edit["range"]["end"], json!({"line": 2, "character": 0}));
         assert_eq!(edit["newText"], "B\n");
+    }
+
+    #[test]
+    fn findings_become_diagnostics_on_whole_lines_clamped_to_the_file() {
+        let finding = |file: &str, start: u32, end: u32, severity| Finding {
+            file: file.into(),
+            start_line: start,
+            end_line: end,
+            severity,
+            category: "bug".into(),
+            title: "Wrong sign".into(),
+            explanation: "It subtracts.".into(),
+            suggestion: Some("Add instead.".into()),
+            confidence: 0.9,
+        };
+        let text = "a\nbé\nc\n";
+        let findings = [
+            finding("x.py", 2, 2, Severity::High),
+            finding("x.py", 3, 9, Severity::Info),
+            finding("other.py", 1, 1, Severity::Low),
+        ];
+        let d = diagnostics(text, "x.py", &findings);
+        assert_eq!(d.len(), 2, "only the file's findings: {d:?}");
+        assert_eq!(
+            d[0]["range"],
+            json!({"start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 2}})
+        );
+        assert_eq!(d[0]["severity"], 1);
+        assert_eq!(d[0]["source"], "troupe");
+        assert_eq!(d[0]["code"], "bug");
+        assert_eq!(d[0]["data"]["suggestion"], "Add instead.");
+        assert_eq!(d[1]["range"]["end"], json!({"line": 2, "character": 1}));
+        assert_eq!(d[1]["severity"], 4);
     }
 }

@@ -99,6 +99,7 @@ pub fn run(ctx: &Context, args: &ReviewArgs) -> anyhow::Result<u8> {
     let spec = ReviewSpec {
         base: args.base.clone(),
         head: args.head.clone(),
+        paths: Vec::new(),
     };
     let started = Instant::now();
     let report = runtime.block_on(async {

@@ -97,6 +97,10 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content: Option<String>,
     },
+    /// Stop a running one-shot request (ask, explain, edit, review) by its submission id: its
+    /// model requests end and it answers with an `Error` saying it was cancelled. Unknown or
+    /// finished ids are ignored.
+    Cancel { id: String },
 }
 
 /// A saved task, as listings show it.
@@ -131,6 +135,10 @@ pub struct ReviewSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
     pub head: ReviewHead,
+    /// Review only these files of the change (repository-relative, `/`-separated); empty:
+    /// every file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// Whether a file of the change was reviewed.
