@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{Env, fixture_repo, model_lock, stderr, stdout, test_model};
+use crate::common::{Env, fixture_repo, model_lock, setup_file, stderr, stdout, test_model};
 
 const CART: &str = "def total(prices):\n    \"\"\"Sum of all prices.\"\"\"\n    result = 0\n    for p in prices:\n        result += p\n    return result\n\n\ndef count(items):\n    return len(items)\n";
 
@@ -103,33 +103,21 @@ fn review_covers_every_hunk_and_its_json_findings_follow_the_schema() {
 
 /// The official SARIF 2.1.0 schema, fetched by scripts/test.sh.
 fn sarif_schema() -> PathBuf {
-    let path = std::env::var_os("TROUPE_SARIF_SCHEMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/troupe/testdata/sarif-2.1.0-rtm.5.json")
-        });
-    assert!(
-        path.is_file(),
-        "the SARIF schema {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_SARIF_SCHEMA",
-        path.display()
-    );
-    path
+    setup_file("TROUPE_SARIF_SCHEMA", "testdata/sarif-2.1.0-rtm.5.json")
 }
 
+/// The Python of the test environment (with `jsonschema`), set up by scripts/test.sh.
 fn python() -> PathBuf {
-    let venv = std::env::var_os("TROUPE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/troupe/venv")
-        })
-        .join("bin/python");
+    let python = match std::env::var_os("TROUPE_VENV") {
+        Some(venv) => PathBuf::from(venv).join("bin/python"),
+        None => setup_file("TROUPE_VENV_PYTHON", "venv/bin/python"),
+    };
     assert!(
-        venv.is_file(),
+        python.is_file(),
         "{} is missing; run scripts/test.sh (it sets up the Python test environment)",
-        venv.display()
+        python.display()
     );
-    venv
+    python
 }
 
 /// Validates `doc` against `schema` with the reference Python implementation of JSON Schema.

@@ -135,21 +135,25 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The tiny chat model: `TROUPE_TEST_MODEL`, else the user cache. Fails (never skips) with the
-/// fix when it is missing.
-pub fn test_model() -> PathBuf {
-    let path = std::env::var_os("TROUPE_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/troupe/models/smollm2-135m-instruct.gguf")
-        });
+/// A file the test set-up (scripts/test.sh) puts in troupe's cache: `$var` if set, else
+/// `~/.cache/troupe/<rel>`. Fails (never skips) with the fix when it is missing.
+pub fn setup_file(var: &str, rel: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/troupe")
+            .join(rel)
+    });
     assert!(
         path.is_file(),
-        "test model {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_TEST_MODEL",
+        "{} is missing; run scripts/test.sh (it fetches it) or set {var}",
         path.display()
     );
     path
+}
+
+/// The tiny chat model.
+pub fn test_model() -> PathBuf {
+    setup_file("TROUPE_TEST_MODEL", "models/smollm2-135m-instruct.gguf")
 }
 
 /// The model tests run one at a time: each starts an engine on the same two cores.
