@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, model_lock, test_model};
+use crate::common::{Env, fixture_repo_in, model_lock, test_model};
 
 /// A tmux server of its own (its own socket), killed when dropped.
 struct Tmux {
@@ -93,18 +93,10 @@ impl Drop for Tmux {
 /// the tester get a diff to work on.
 fn greeting_repo(parent: &Path) -> PathBuf {
     let dir = parent.join("p2");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("README.md"), "# Title\n\nhello\n\nsee read_file\n").unwrap();
-    let repo = git2::Repository::init(&dir).unwrap();
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let sig = git2::Signature::now("troupe test", "test@troupe.invalid").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[])
-        .unwrap();
+    fixture_repo_in(
+        &dir,
+        &[("README.md", "# Title\n\nhello\n\nsee read_file\n")],
+    );
     dir
 }
 

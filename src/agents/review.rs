@@ -833,8 +833,8 @@ fn context_for(
     out
 }
 
-/// Fence for quoted text: longer than any run of backticks in it.
-fn fence(text: &str) -> String {
+/// A markdown fence for quoted text: longer than any run of backticks in it (at least three).
+pub fn fence(text: &str) -> String {
     let mut longest = 0;
     let mut run = 0;
     for c in text.chars() {

@@ -337,23 +337,9 @@ async fn core(
                 file,
                 range,
             } => {
-                let ask_env = ask::AskEnv {
-                    backend: Arc::clone(&env.backend),
-                    search: Arc::clone(&env.search),
-                    repo_root: env.repo_root.clone(),
-                    context_tokens: one_shot.budget,
-                    max_tokens: one_shot.ask_tokens,
-                };
-                let events = events.clone();
-                let key = id.clone();
+                let ask_env = one_shot_env(&env, one_shot.budget, one_shot.ask_tokens);
+                let emit = emitter(&events, id.clone(), ask::AGENT);
                 let handle = tasks.spawn(async move {
-                    let emit = move |msg: EventMsg| {
-                        let _ = events.send(Event {
-                            id: id.clone(),
-                            agent: Some(ask::AGENT.to_string()),
-                            msg,
-                        });
-                    };
                     let q = ask::Question {
                         text: question,
                         file,
@@ -361,7 +347,7 @@ async fn core(
                     };
                     ask::answer(&ask_env, q, &emit).await;
                 });
-                track(&mut one_shots, key, handle);
+                track(&mut one_shots, id, handle);
             }
             Op::Review { spec } => {
                 let review_env = review::ReviewEnv {
@@ -372,19 +358,11 @@ async fn core(
                     model: review_setup.model.clone(),
                     ctx_per_seq: review_setup.ctx_per_seq,
                 };
-                let events = events.clone();
-                let key = id.clone();
+                let emit = emitter(&events, id.clone(), review::AGENT);
                 let handle = tasks.spawn(async move {
-                    let emit = move |msg: EventMsg| {
-                        let _ = events.send(Event {
-                            id: id.clone(),
-                            agent: Some(review::AGENT.to_string()),
-                            msg,
-                        });
-                    };
                     review::review(&review_env, spec, &emit).await;
                 });
-                track(&mut one_shots, key, handle);
+                track(&mut one_shots, id, handle);
             }
             Op::Shutdown => {
                 shutdown_id = id;
@@ -442,7 +420,7 @@ async fn core(
                 content,
             } => {
                 let shot_env = one_shot_env(&env, one_shot.budget, one_shot.ask_tokens);
-                let emit = emitter(&events, id.clone());
+                let emit = emitter(&events, id.clone(), ask::AGENT);
                 let handle = tasks.spawn(async move {
                     let sel = explain::Selection {
                         file,
@@ -460,7 +438,7 @@ async fn core(
                 content,
             } => {
                 let shot_env = one_shot_env(&env, one_shot.budget, one_shot.edit_tokens);
-                let emit = emitter(&events, id.clone());
+                let emit = emitter(&events, id.clone(), ask::AGENT);
                 let handle = tasks.spawn(async move {
                     let req = rewrite::EditRequest {
                         file,
@@ -535,16 +513,17 @@ fn one_shot_env(env: &TaskEnv, budget: usize, max_tokens: u32) -> ask::AskEnv {
     }
 }
 
-/// Sends the events of one-shot request `id` (as the `assistant` agent).
+/// Sends the events of one-shot request `id` as `agent`.
 fn emitter(
     events: &mpsc::UnboundedSender<Event>,
     id: String,
+    agent: &'static str,
 ) -> impl Fn(EventMsg) + Send + Sync + 'static {
     let events = events.clone();
     move |msg: EventMsg| {
         let _ = events.send(Event {
             id: id.clone(),
-            agent: Some(ask::AGENT.to_string()),
+            agent: Some(agent.to_string()),
             msg,
         });
     }

@@ -402,7 +402,7 @@ fn markdown(report: &ReviewReport) -> String {
             out.push_str("<details><summary>Suggested replacements</summary>\n\n");
             for f in suggestions {
                 let s = f.suggestion.as_deref().unwrap_or("");
-                let fence = "`".repeat(longest_backticks(s).max(2) + 1);
+                let fence = crate::agents::review::fence(s);
                 let _ = writeln!(
                     out,
                     "`{}:{}` {}\n\n{fence}\n{s}\n{fence}\n",
@@ -438,15 +438,6 @@ fn markdown(report: &ReviewReport) -> String {
     out.push_str("\n</details>\n\n");
     let _ = writeln!(out, "<sub>{}</sub>", md(&provenance_line(report)));
     out
-}
-
-fn longest_backticks(s: &str) -> usize {
-    let (mut longest, mut run) = (0, 0);
-    for c in s.chars() {
-        run = if c == '`' { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    longest
 }
 
 /// Escapes the message part of a workflow command.

@@ -108,9 +108,16 @@ pub fn run_with_input(mut cmd: Command, input: Option<&str>, limit: Duration) ->
 /// A fixture git repository with one commit, built with git2 (global config ignored).
 pub fn fixture_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    let repo = git2::Repository::init(dir.path()).expect("git init");
+    fixture_repo_in(dir.path(), files);
+    dir
+}
+
+/// The same, in a given directory (created if missing).
+pub fn fixture_repo_in(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let repo = git2::Repository::init(dir).expect("git init");
     for (path, content) in files {
-        let full = dir.path().join(path);
+        let full = dir.join(path);
         std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
         std::fs::write(&full, content).expect("write");
     }
@@ -124,7 +131,6 @@ pub fn fixture_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
     let sig = git2::Signature::now("troupe test", "test@troupe.invalid").expect("sig");
     repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[])
         .expect("commit");
-    dir
 }
 
 pub fn stdout(o: &Output) -> String {
