@@ -11,10 +11,12 @@ say "fetching the default models (already verified ones are skipped)"
 "$troupe" models pull >/dev/null
 
 if [ $# -eq 0 ]; then
-    # The main job until the terminal UI lands: index the repository, then answer a question
-    # about it from its code.
+    # The main job: index the repository, then open the terminal UI on it; without a terminal
+    # (a pipe, CI), answer a question about the repository from its code instead.
     say "indexing $(pwd) (only what changed since the last run)"
     "$troupe" index
-    set -- ask "What does this repository do, and how is its code organised? Name the main files."
+    if [ ! -t 0 ] || [ ! -t 1 ]; then
+        set -- ask "What does this repository do, and how is its code organised? Name the main files."
+    fi
 fi
 exec "$troupe" "$@"

@@ -1,31 +1,39 @@
 //! Continuous-batching scheduler: which request gets which sequence, what goes into the next
-//! batch, and which KV ranges are reused, copied or freed.
+//! batch, and which KV contents are reused, copied or freed.
 //!
-//! Sequence slots hold the exact token list that is in the KV cache for their sequence id. A slot
-//! is `Free` (nothing cached), `Idle` (a finished request's tokens kept as a prefix cache, evicted
-//! least recently used first) or `Active` (a running request). Admission looks for the longest
-//! common prefix between a waiting request and every slot; an idle match is taken over in place
-//! (the tail beyond the prefix is removed), a running match is shared with `seq_cp` (cheap with a
-//! unified KV cache). When a running request is still prefilling a prompt that shares more with
-//! the waiting one than is in KV yet, the waiting request is held until the shared part is in
-//! the cache, so several agents sending the same context at once compute it once.
+//! Every sequence has its own KV stream (llama.cpp's non-unified cache): a token attends only to
+//! its own sequence's cells, so eight decoding sequences cost eight short attentions, not eight
+//! attentions over everything cached. A slot holds the exact token list that is in its stream.
+//! It is `Free` (nothing cached), `Idle` (a finished request's tokens kept as a prefix cache,
+//! reused least recently used first) or `Active` (a running request). Admission looks for the
+//! longest common prefix between a waiting request and every slot: an idle match can be taken
+//! over in place (the tail beyond the prefix is removed), any other match is copied into the
+//! target stream (a whole-stream copy, then the tail removed). When a running request is still
+//! prefilling a prompt that shares more with the waiting one than is in its cache yet, the
+//! waiting request is held until the shared part is computed, so several agents sending the same
+//! context at once compute it once.
 //!
-//! KV space is reserved up front (uncomputed prompt plus `max_new` per active request), so decode
-//! never runs out of cells: a request that does not fit waits (back-pressure), it does not fail.
-//! Pure logic over the [`KvOps`] trait: the engine thread implements it with the llama.cpp
-//! context, tests with a recorder. Single-threaded (owned by the engine thread).
+//! llama.cpp splits a batch into one pass over the weights per run of consecutive sequence ids,
+//! so the running sequences are kept on consecutive ids: admission prefers targets that keep
+//! them contiguous, and when a request in the middle finishes, the last running one is moved
+//! into the gap (one stream copy instead of a second pass on every later step).
+//!
+//! Each request fits its sequence (the caller clamps prompt plus output to `ctx_per_seq`), so a
+//! request waits only for a sequence, never for cells (back-pressure, not failure). Pure logic
+//! over the [`KvOps`] trait: the engine thread implements it with the llama.cpp context, tests
+//! with a recorder. Single-threaded (owned by the engine thread).
 
 use llama_cpp_2::token::LlamaToken;
 
-use super::prefix::{CellId, CellLedger, common_prefix_len};
+use super::prefix::common_prefix_len;
 use super::request::{Priority, RequestId};
 
 /// The KV cache operations the scheduler needs (positions are token indices).
 pub(crate) trait KvOps {
     /// Removes positions `[p0, end)` of `seq`.
     fn seq_rm(&mut self, seq: i32, p0: usize);
-    /// Makes `dst` share positions `[0, len)` of `src`.
-    fn seq_cp(&mut self, src: i32, dst: i32, len: usize);
+    /// Replaces everything `dst` holds with a copy of everything `src` holds.
+    fn seq_copy(&mut self, src: i32, dst: i32);
 }
 
 /// Scheduler limits.
@@ -33,12 +41,10 @@ pub(crate) trait KvOps {
 pub(crate) struct SchedulerConfig {
     /// Requests decoded at the same time.
     pub n_parallel: usize,
-    /// Sequence ids in the context (running plus cached); more than `n_parallel`.
+    /// Sequences (KV streams) in the context, running plus cache-only; at least `n_parallel`.
     pub n_slots: usize,
-    /// Maximum tokens (prompt plus generated) per sequence.
+    /// Maximum tokens (prompt plus generated) per sequence: the size of each stream.
     pub ctx_per_seq: usize,
-    /// KV cells in the context (shared by all sequences).
-    pub kv_cells: usize,
     /// Tokens per step (one per decoding sequence plus prefill chunks).
     pub step_tokens: usize,
     /// Reuse cached prefixes.
@@ -87,7 +93,6 @@ struct Slot<R> {
     seq: i32,
     /// The tokens in this sequence's KV, position i holding `tokens[i]`.
     tokens: Vec<LlamaToken>,
-    cells: Vec<CellId>,
     state: SlotState<R>,
     last_used: u64,
 }
@@ -128,25 +133,25 @@ pub(crate) struct Scheduler<R> {
     slots: Vec<Slot<R>>,
     /// Waiting requests in service order: priority, then arrival.
     waiting: Vec<(u64, Pending<R>)>,
-    ledger: CellLedger,
     tick: u64,
     arrivals: u64,
     /// Waiting requests held for a running prefill at the last admission.
     pub held: usize,
+    /// Running requests moved to another sequence to keep the running ones contiguous.
+    pub moves: u64,
 }
 
 impl<R> Scheduler<R> {
     /// A scheduler with all slots free.
     pub fn new(mut cfg: SchedulerConfig) -> Self {
         cfg.n_parallel = cfg.n_parallel.max(1);
-        cfg.n_slots = cfg.n_slots.max(cfg.n_parallel + 1);
-        cfg.ctx_per_seq = cfg.ctx_per_seq.min(cfg.kv_cells).max(2);
+        cfg.n_slots = cfg.n_slots.max(cfg.n_parallel);
+        cfg.ctx_per_seq = cfg.ctx_per_seq.max(2);
         cfg.step_tokens = cfg.step_tokens.max(cfg.n_parallel + 1);
         let slots = (0..cfg.n_slots)
             .map(|i| Slot {
                 seq: i as i32,
                 tokens: Vec::new(),
-                cells: Vec::new(),
                 state: SlotState::Free,
                 last_used: 0,
             })
@@ -155,10 +160,10 @@ impl<R> Scheduler<R> {
             cfg,
             slots,
             waiting: Vec::new(),
-            ledger: CellLedger::default(),
             tick: 0,
             arrivals: 0,
             held: 0,
+            moves: 0,
         }
     }
 
@@ -215,7 +220,7 @@ impl<R> Scheduler<R> {
         Some(active)
     }
 
-    /// Drops every idle cache entry (used when llama.cpp reports a full KV cache anyway).
+    /// Drops every idle cache entry (used when llama.cpp reports a full KV cache).
     pub fn evict_all_idle(&mut self, kv: &mut impl KvOps) -> usize {
         let idle: Vec<usize> = (0..self.slots.len())
             .filter(|&i| matches!(self.slots[i].state, SlotState::Idle))
@@ -226,7 +231,8 @@ impl<R> Scheduler<R> {
         idle.len()
     }
 
-    /// Gives waiting requests sequences, in priority order, while sequences and KV space last.
+    /// Gives waiting requests sequences, in priority order, while sequences last, then moves
+    /// running requests so that they sit on consecutive sequence ids.
     pub fn admit(&mut self, kv: &mut impl KvOps) -> Vec<Admitted> {
         let mut admitted = Vec::new();
         self.held = 0;
@@ -241,10 +247,11 @@ impl<R> Scheduler<R> {
                     self.held += 1;
                     i += 1;
                 }
-                // Not enough KV: later (lower priority or younger) requests must not overtake.
+                // No sequence: later (lower priority or younger) requests must not overtake.
                 Admission::NoSpace => break,
             }
         }
+        self.compact(kv);
         admitted
     }
 
@@ -292,17 +299,17 @@ impl<R> Scheduler<R> {
             });
             budget -= n;
         }
+        // Ascending sequence ids: llama.cpp takes a run of consecutive ids in one pass.
+        entries.sort_by_key(|e| e.seq);
         entries
     }
 
     /// Records that a planned batch was decoded: its tokens are now in the KV cache.
     pub fn commit(&mut self, entries: &[BatchEntry]) {
         for e in entries {
-            let cells = self.ledger.alloc(e.tokens.len());
             let s = &mut self.slots[e.slot];
             debug_assert_eq!(s.tokens.len(), e.pos);
             s.tokens.extend_from_slice(&e.tokens);
-            s.cells.extend(cells);
             if let SlotState::Active(a) = &mut s.state
                 && a.next_token.is_some()
                 && e.tokens.len() == 1
@@ -370,9 +377,9 @@ impl<R> Scheduler<R> {
             .count()
     }
 
-    /// KV cells in use (shared cells counted once).
+    /// KV cells in use (every sequence's tokens; a prefix copied to two sequences counts twice).
     pub fn cells_used(&self) -> usize {
-        self.ledger.used()
+        self.slots.iter().map(|s| s.tokens.len()).sum()
     }
 
     /// KV cells the running requests may still need.
@@ -400,12 +407,8 @@ impl<R> Scheduler<R> {
     }
 
     fn try_admit(&mut self, index: usize, kv: &mut impl KvOps) -> Admission {
-        let (req_len, max_new) = {
-            let req = &self.waiting[index].1;
-            (req.tokens.len(), req.max_new)
-        };
         // At least one prompt token is always computed, for the logits of the first sample.
-        let cap = req_len.saturating_sub(1);
+        let cap = self.waiting[index].1.tokens.len().saturating_sub(1);
 
         // Best source now (tokens already in KV) and best source later (a running prefill).
         let mut best: Option<(usize, usize)> = None; // (slot, len)
@@ -441,88 +444,34 @@ impl<R> Scheduler<R> {
             return Admission::Held;
         }
 
-        // The target sequence: take over an idle match in place, else a free slot, else evict
-        // the least recently used idle slot (never the source).
+        // The target sequence, among those not running: first one that keeps the running
+        // sequences contiguous, then the source itself (no copy), then a free one, then the least
+        // recently used idle one.
         let source = best.map(|(i, _)| i);
-        let takeover = source.filter(|&i| matches!(self.slots[i].state, SlotState::Idle));
-        let target = match takeover {
-            Some(i) => i,
-            None => {
-                let free = self
-                    .slots
-                    .iter()
-                    .position(|s| matches!(s.state, SlotState::Free));
-                let lru = || {
-                    self.slots
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, s)| matches!(s.state, SlotState::Idle) && Some(*i) != source)
-                        .min_by_key(|(_, s)| s.last_used)
-                        .map(|(i, _)| i)
-                };
-                match free.or_else(lru) {
-                    Some(i) => i,
-                    None => return Admission::NoSpace,
-                }
-            }
-        };
-        let keep = if takeover.is_some() || source.is_some() {
-            best_len
-        } else {
-            0
+        let Some(target) = (0..self.slots.len())
+            .filter(|&i| !self.is_active(i))
+            .min_by_key(|&i| {
+                let s = &self.slots[i];
+                (
+                    self.runs_with(Some(i)),
+                    Some(i) != source,
+                    !matches!(s.state, SlotState::Free),
+                    s.last_used,
+                )
+            })
+        else {
+            return Admission::NoSpace;
         };
 
-        // KV space: what the target gives back, then idle entries, least recently used first.
-        let need = req_len - keep + max_new;
-        let target_release: &[CellId] = if takeover.is_some() {
-            &self.slots[target].cells[keep..]
-        } else {
-            &self.slots[target].cells
-        };
-        let freed_by_target = self.ledger.exclusive(target_release);
-        loop {
-            let free = self
-                .cfg
-                .kv_cells
-                .saturating_sub(self.ledger.used() + self.cells_reserved());
-            if need <= free + freed_by_target {
-                break;
-            }
-            let victim = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| {
-                    matches!(s.state, SlotState::Idle) && Some(*i) != source && *i != target
-                })
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(i, _)| i);
-            match victim {
-                Some(v) => self.clear_slot(v, kv),
-                None => return Admission::NoSpace,
-            }
-        }
-
-        // Commit: prepare the target's KV, then start the request.
+        // Prepare the target's KV, then start the request.
         let (arrival, req) = self.waiting.remove(index);
-        if takeover.is_some() {
-            self.truncate_slot(target, keep, kv);
-        } else {
-            self.clear_slot(target, kv);
-            if let Some(src) = source
-                && keep > 0
-            {
-                let (src_seq, src_tokens, src_cells) = {
-                    let s = &self.slots[src];
-                    (s.seq, s.tokens[..keep].to_vec(), s.cells[..keep].to_vec())
-                };
-                let dst_seq = self.slots[target].seq;
-                kv.seq_cp(src_seq, dst_seq, keep);
-                self.ledger.share(&src_cells);
-                let t = &mut self.slots[target];
-                t.tokens = src_tokens;
-                t.cells = src_cells;
+        match source {
+            Some(src) if src == target => self.truncate_slot(target, best_len, kv),
+            Some(src) => {
+                self.copy_slot(src, target, kv);
+                self.truncate_slot(target, best_len, kv);
             }
+            None => self.truncate_slot(target, 0, kv),
         }
         self.tick += 1;
         let s = &mut self.slots[target];
@@ -532,7 +481,7 @@ impl<R> Scheduler<R> {
             priority: req.priority,
             arrival,
             prompt: req.tokens,
-            cached: keep,
+            cached: best_len,
             max_new: req.max_new,
             generated: 0,
             next_token: None,
@@ -541,17 +490,78 @@ impl<R> Scheduler<R> {
         Admission::Admitted(Admitted {
             slot: target,
             id: req.id,
-            cached: keep,
+            cached: best_len,
         })
+    }
+
+    /// Moves running requests until they sit on consecutive sequence ids: the last one of the
+    /// span goes into the first gap (its stream is copied; the old sequence keeps the same
+    /// tokens as an idle cache entry).
+    fn compact(&mut self, kv: &mut impl KvOps) {
+        loop {
+            let running: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.is_active(i))
+                .collect();
+            let (Some(&lo), Some(&hi)) = (running.first(), running.last()) else {
+                return;
+            };
+            if hi - lo + 1 == running.len() {
+                return;
+            }
+            let Some(gap) = (lo..hi).find(|&i| !self.is_active(i)) else {
+                return;
+            };
+            self.copy_slot(hi, gap, kv);
+            self.tick += 1;
+            let tick = self.tick;
+            let state = std::mem::replace(&mut self.slots[hi].state, SlotState::Idle);
+            self.slots[gap].state = state;
+            self.slots[gap].last_used = tick;
+            self.slots[hi].last_used = tick;
+            if !self.cfg.prefix_cache || self.slots[hi].tokens.is_empty() {
+                self.clear_slot(hi, kv);
+            }
+            self.moves += 1;
+        }
+    }
+
+    fn is_active(&self, slot: usize) -> bool {
+        matches!(self.slots[slot].state, SlotState::Active(_))
+    }
+
+    /// Runs of consecutive running sequences, counting `extra` as running.
+    fn runs_with(&self, extra: Option<usize>) -> usize {
+        let mut runs = 0;
+        let mut previous = false;
+        for i in 0..self.slots.len() {
+            let running = self.is_active(i) || Some(i) == extra;
+            if running && !previous {
+                runs += 1;
+            }
+            previous = running;
+        }
+        runs
+    }
+
+    /// Makes `dst` hold exactly what `src` holds.
+    fn copy_slot(&mut self, src: usize, dst: usize, kv: &mut impl KvOps) {
+        let (src_seq, tokens) = (self.slots[src].seq, self.slots[src].tokens.clone());
+        let d = &mut self.slots[dst];
+        if tokens.is_empty() {
+            if !d.tokens.is_empty() {
+                kv.seq_rm(d.seq, 0);
+            }
+        } else {
+            kv.seq_copy(src_seq, d.seq);
+        }
+        d.tokens = tokens;
     }
 
     fn truncate_slot(&mut self, slot: usize, keep: usize, kv: &mut impl KvOps) {
         let s = &mut self.slots[slot];
         if s.tokens.len() > keep {
             kv.seq_rm(s.seq, keep);
-            let dropped: Vec<CellId> = s.cells.drain(keep..).collect();
             s.tokens.truncate(keep);
-            self.ledger.release(&dropped);
         }
     }
 
@@ -583,8 +593,8 @@ mod tests {
         fn seq_rm(&mut self, seq: i32, p0: usize) {
             self.ops.push(format!("rm {seq} {p0}.."));
         }
-        fn seq_cp(&mut self, src: i32, dst: i32, len: usize) {
-            self.ops.push(format!("cp {src}->{dst} {len}"));
+        fn seq_copy(&mut self, src: i32, dst: i32) {
+            self.ops.push(format!("cp {src}->{dst}"));
         }
     }
 
@@ -593,7 +603,6 @@ mod tests {
             n_parallel: 3,
             n_slots: 6,
             ctx_per_seq: 4096,
-            kv_cells: 16384,
             step_tokens: 512,
             prefix_cache: true,
             prefix_wait_min: 16,
@@ -693,28 +702,95 @@ mod tests {
         s.enqueue(pending(2, toks(0..50), 4));
         let admitted = s.admit(&mut kv);
         assert_eq!(admitted[0].cached, 49);
-        assert_eq!(kv.ops.last().map(String::as_str), Some("cp 0->1 49"));
+        assert_eq!(kv.ops[kv.ops.len() - 2..], ["cp 0->1", "rm 1 49.."]);
+        assert_eq!(s.slot_tokens(1).len(), 49);
     }
 
     #[test]
-    fn requests_wait_when_kv_space_is_reserved_and_run_when_it_frees() {
+    fn requests_wait_for_a_sequence_and_run_when_one_frees() {
         let mut c = cfg();
-        c.kv_cells = 300;
-        c.ctx_per_seq = 300;
+        c.n_parallel = 2;
+        c.n_slots = 2;
         let mut s = Scheduler::new(c);
         let mut kv = Recorder::default();
         for i in 0..3 {
             s.enqueue(pending(i, toks((0..20).map(|t| t + 100 * i as i32)), 100));
         }
         let admitted = s.admit(&mut kv);
-        assert_eq!(admitted.len(), 2, "each needs 120 of 300 cells");
+        assert_eq!(admitted.len(), 2);
         assert_eq!(s.waiting_count(), 1);
         prefill_all(&mut s, &mut kv);
         s.finish(admitted[0].slot, &mut kv);
-        // The idle cache entry is evicted to make room.
+        assert_eq!(s.idle_count(), 1);
+        // The idle cache entry gives way to the waiting request.
         let next = s.admit(&mut kv);
         assert_eq!(next.len(), 1);
+        assert_eq!(next[0].slot, admitted[0].slot);
         assert_eq!(s.waiting_count(), 0);
+        assert_eq!(s.slot_tokens(next[0].slot).len(), 0);
+    }
+
+    #[test]
+    fn a_gap_left_by_a_finished_request_is_closed_by_moving_the_last_running_one() {
+        let mut s = Scheduler::new(cfg());
+        let mut kv = Recorder::default();
+        for i in 0..3 {
+            s.enqueue(pending(i, toks((0..20).map(|t| t + 100 * i as i32)), 8));
+        }
+        assert_eq!(s.admit(&mut kv).len(), 3);
+        prefill_all(&mut s, &mut kv);
+        let moved = s.slot_tokens(2).to_vec();
+        s.finish(1, &mut kv);
+        kv.ops.clear();
+        assert!(s.admit(&mut kv).is_empty());
+        assert_eq!(kv.ops, ["cp 2->1"]);
+        assert_eq!(s.moves, 1);
+        assert_eq!(s.active_mut(1).map(|a| a.id), Some(RequestId(2)));
+        assert!(s.active_mut(2).is_none());
+        assert_eq!(s.slot_tokens(1), &moved[..]);
+        // The old sequence stays as a cache entry with the same tokens.
+        assert_eq!(s.slot_tokens(2), &moved[..]);
+        assert_eq!(s.idle_count(), 1);
+        for slot in [0, 1] {
+            if let Some(a) = s.active_mut(slot) {
+                a.next_token = Some(LlamaToken(1));
+            }
+        }
+        let seqs: Vec<i32> = s.plan().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 1], "one run of consecutive sequences");
+    }
+
+    #[test]
+    fn an_idle_prefix_away_from_the_running_ones_is_copied_next_to_them() {
+        let mut c = cfg();
+        c.n_parallel = 2;
+        c.n_slots = 4;
+        let mut s = Scheduler::new(c);
+        let mut kv = Recorder::default();
+        let prompt = |base: i32| toks(base..base + 40);
+        s.enqueue(pending(1, prompt(1000), 8));
+        s.enqueue(pending(2, prompt(2000), 8));
+        assert_eq!(s.admit(&mut kv).len(), 2);
+        prefill_all(&mut s, &mut kv);
+        s.finish(0, &mut kv);
+        s.enqueue(pending(3, prompt(3000), 8));
+        let third = s.admit(&mut kv);
+        assert_eq!(
+            third[0].slot, 2,
+            "next to the running one, not over the cache"
+        );
+        prefill_all(&mut s, &mut kv);
+        s.finish(1, &mut kv);
+        // Slot 0 holds the wanted prefix but is not next to slot 2; slot 3 is free and is.
+        let mut t: Vec<i32> = (1000..1030).collect();
+        t.push(7);
+        s.enqueue(pending(4, toks(t), 8));
+        kv.ops.clear();
+        let admitted = s.admit(&mut kv);
+        assert_eq!(admitted[0].slot, 3);
+        assert_eq!(admitted[0].cached, 30);
+        assert_eq!(kv.ops, ["cp 0->3", "rm 3 30.."]);
+        assert_eq!(s.slot_tokens(0).len(), 40, "the cache entry itself is kept");
     }
 
     #[test]

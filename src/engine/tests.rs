@@ -218,11 +218,12 @@ async fn grammar_constrained_output_parses_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_kv_cache_queues_instead_of_failing() {
-    // 256 cells in all; each request needs ~30 prompt + 120 generated cells: one at a time.
+    // 256 cells in all hold one 256-cell sequence: three requests, one at a time.
     let mut opts = small_options(3, 256);
     opts.kv_cells = Some(256);
     let engine = start(opts).await;
     assert_eq!(engine.model_info().kv_cells, 256);
+    assert_eq!(engine.model_info().n_parallel, 1);
     let streams: Vec<_> = (0..3)
         .map(|i| {
             let mut r = chat(&format!("Count from {i} upwards."), 120);

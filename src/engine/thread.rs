@@ -39,6 +39,9 @@ use super::stream::{EventSender, GenerationStream};
 use super::text::TextDecoder;
 use super::{Error, Result};
 
+/// Sequences llama.cpp supports in one context (`LLAMA_MAX_SEQ`).
+const LLAMA_MAX_SEQUENCES: usize = 256;
+
 /// How the engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -48,10 +51,13 @@ pub struct EngineOptions {
     pub n_parallel: usize,
     /// Maximum tokens (prompt plus output) of one sequence.
     pub ctx_per_seq: u32,
-    /// Total KV cells shared by all sequences; default `n_parallel * ctx_per_seq`. Cells not
-    /// reserved by running requests keep finished sequences as a prefix cache.
+    /// A cap on the KV cells of all sequences together (memory): every sequence has its own
+    /// `ctx_per_seq` cells, so this caps the number of sequences (and of parallel requests) at
+    /// `kv_cells / ctx_per_seq`, at least one. Default: no cap.
     pub kv_cells: Option<u32>,
-    /// Finished sequences kept as prefix cache (extra sequence ids), default `n_parallel`.
+    /// Sequences kept only as prefix cache, beyond the `n_parallel` ones (each costs
+    /// `ctx_per_seq` cells). Default none: a finished request's sequence keeps its tokens as a
+    /// prefix cache until another request needs the sequence.
     pub cached_sequences: Option<usize>,
     /// Tokens per step: one per decoding sequence plus prefill chunks.
     pub step_tokens: u32,
@@ -122,7 +128,7 @@ pub struct EngineMetrics {
     pub held_requests: usize,
     /// Finished sequences kept as prefix cache.
     pub cached_sequences: usize,
-    /// KV cells in use (shared cells counted once).
+    /// KV cells in use (a prefix copied to several sequences counts once per sequence).
     pub kv_cells_used: usize,
     /// KV cells reserved for what running requests may still need.
     pub kv_cells_reserved: usize,
@@ -146,6 +152,8 @@ pub struct EngineMetrics {
     pub generated_tokens: u64,
     /// Requests finished (any reason).
     pub requests_finished: u64,
+    /// Running requests moved to another sequence to keep the running ones on consecutive ids.
+    pub sequence_moves: u64,
 }
 
 /// A cloneable, thread-safe handle to the engine thread. The engine stops when the last handle
@@ -238,12 +246,13 @@ impl Engine {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() as i32));
         let n_parallel = options.n_parallel.clamp(1, 128);
         let ctx_per_seq = options.ctx_per_seq.clamp(64, model.n_ctx_train().max(64));
-        let kv_cells = options
-            .kv_cells
-            .unwrap_or(ctx_per_seq * n_parallel as u32)
-            .max(ctx_per_seq);
-        let cached = options.cached_sequences.unwrap_or(n_parallel).max(1);
-        let n_slots = (n_parallel + cached).min(256);
+        let cached = options.cached_sequences.unwrap_or(0);
+        let mut n_slots = (n_parallel + cached).min(LLAMA_MAX_SEQUENCES);
+        if let Some(cap) = options.kv_cells {
+            n_slots = n_slots.min((cap / ctx_per_seq).max(1) as usize);
+        }
+        let n_parallel = n_parallel.min(n_slots);
+        let kv_cells = ctx_per_seq * n_slots as u32;
         let step_tokens = options.step_tokens.max(n_parallel as u32 + 1);
 
         let vocab = model.vocab();
@@ -265,7 +274,6 @@ impl Engine {
                 n_parallel,
                 n_slots,
                 ctx_per_seq: ctx_per_seq as usize,
-                kv_cells: kv_cells as usize,
                 step_tokens: step_tokens as usize,
                 prefix_cache: options.prefix_cache,
                 prefix_wait_min: options.prefix_wait_min_tokens,
@@ -276,8 +284,8 @@ impl Engine {
             .name("troupe-engine".into())
             .spawn(move || engine_thread(setup, rx, ready_tx))
             .map_err(|e| Error::Llama(format!("could not start the engine thread: {e}")))?;
-        let kv_cells_actual = match ready_rx.recv() {
-            Ok(Ok(cells)) => cells,
+        let (kv_cells_actual, ctx_per_seq) = match ready_rx.recv() {
+            Ok(Ok(sizes)) => sizes,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -295,7 +303,7 @@ impl Engine {
             n_params: model.n_params(),
             has_chat_template: chat.has_template(),
             kv_cells: kv_cells_actual,
-            ctx_per_seq: ctx_per_seq as usize,
+            ctx_per_seq,
             n_parallel,
             n_threads,
         };
@@ -638,12 +646,11 @@ impl KvOps for Kv<'_, '_> {
         }
     }
 
-    fn seq_cp(&mut self, src: i32, dst: i32, len: usize) {
-        if let Err(e) = self
-            .0
-            .copy_kv_cache_seq(src, dst, Some(0), Some(len as u32))
-        {
-            tracing::warn!(src, dst, len, "KV copy failed: {e}");
+    fn seq_copy(&mut self, src: i32, dst: i32) {
+        // Across streams llama.cpp copies whole buffers only (a partial range aborts), so the
+        // range is always the full one; the copy itself runs at the start of the next decode.
+        if let Err(e) = self.0.copy_kv_cache_seq(src, dst, None, None) {
+            tracing::warn!(src, dst, "KV copy failed: {e}");
         }
     }
 }
@@ -651,7 +658,7 @@ impl KvOps for Kv<'_, '_> {
 fn engine_thread(
     setup: ThreadSetup,
     rx: std_mpsc::Receiver<Command>,
-    ready: std_mpsc::SyncSender<Result<usize>>,
+    ready: std_mpsc::SyncSender<Result<(usize, usize)>>,
 ) {
     let backend = match super::backend() {
         Ok(b) => b,
@@ -666,7 +673,8 @@ fn engine_thread(
         .with_n_batch(n_batch)
         .with_n_ubatch(n_batch.min(512))
         .with_n_seq_max(setup.n_slots as u32)
-        .with_kv_unified(true)
+        // One KV stream per sequence: attention only over the sequence's own cells.
+        .with_kv_unified(false)
         .with_n_threads(setup.n_threads)
         .with_n_threads_batch(setup.n_threads)
         // llama.cpp's enum: -1 auto, 0 disabled, 1 enabled.
@@ -689,8 +697,9 @@ fn engine_thread(
     };
     let kv_cells = ctx.n_ctx() as usize;
     let mut cfg = setup.cfg.clone();
-    cfg.kv_cells = kv_cells;
-    let _ = ready.send(Ok(kv_cells));
+    // llama.cpp gives each stream n_ctx / n_seq_max cells (it may round n_ctx).
+    cfg.ctx_per_seq = cfg.ctx_per_seq.min(kv_cells / setup.n_slots.max(1));
+    let _ = ready.send(Ok((kv_cells, cfg.ctx_per_seq)));
 
     let mut lp = Loop {
         model: &model,
@@ -999,6 +1008,7 @@ impl Loop<'_> {
         self.counters.held_requests = self.sched.held;
         self.counters.cached_sequences = self.sched.idle_count();
         self.counters.kv_cells_used = self.sched.cells_used();
+        self.counters.sequence_moves = self.sched.moves;
         self.counters.kv_cells_reserved = self.sched.cells_reserved();
         *lock(&self.metrics) = self.counters.clone();
     }
