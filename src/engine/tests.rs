@@ -53,7 +53,6 @@ async fn greedy_output_is_deterministic() {
 /// typically from the first token on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_decode_matches_sequential() {
-    const NEAR_TIE: f32 = 0.25;
     let mut opts = small_options(4, 512);
     opts.prefix_cache = false;
     let engine = start(opts).await;
@@ -87,36 +86,98 @@ async fn batched_decode_matches_sequential() {
     );
     let mut identical = 0;
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        if a == b {
+        let messages = [
+            ChatMessage::system("You are a helpful assistant."),
+            ChatMessage::user(prompts[i]),
+        ];
+        if same_or_near_tie(&engine, &messages, a, b, &format!("request {i}")) {
             identical += 1;
-            continue;
         }
-        let d = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-        assert!(
-            d < a.len().min(b.len()),
-            "request {i}: one output is a prefix of the other"
-        );
-        let prompt = engine.tokenize(
-            &engine
-                .render_chat(&[
-                    ChatMessage::system("You are a helpful assistant."),
-                    ChatMessage::user(prompts[i]),
-                ])
-                .expect("template"),
-        );
-        let gap = reference_logit_gap(&[prompt, a[..d].to_vec()].concat(), a[d], b[d]);
-        eprintln!(
-            "request {i}: alone and batched agree on {d} of {} tokens; at the divergence the two \
-             candidates are {gap:.4} logits apart (near tie)",
-            a.len()
-        );
-        assert!(
-            gap < NEAR_TIE,
-            "request {i} diverges at token {d} where the candidates are {gap} logits apart: not a \
-             rounding effect\nalone:   {a:?}\nbatched: {b:?}"
-        );
     }
     eprintln!("{identical} of 4 requests identical alone and batched");
+}
+
+/// Whether `a` and `b` (greedy outputs for `messages` computed two ways) are identical; if not,
+/// asserts that they part where the model's two candidates are a near tie (a rounding effect
+/// of different batch shapes), measured in a plain single-sequence llama.cpp context.
+fn same_or_near_tie(
+    engine: &Engine,
+    messages: &[ChatMessage],
+    a: &[i32],
+    b: &[i32],
+    what: &str,
+) -> bool {
+    const NEAR_TIE: f32 = 0.25;
+    if a == b {
+        return true;
+    }
+    let d = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    assert!(
+        d < a.len().min(b.len()),
+        "{what}: one output is a prefix of the other"
+    );
+    let prompt = engine.tokenize(&engine.render_chat(messages).expect("template"));
+    let gap = reference_logit_gap(&[prompt, a[..d].to_vec()].concat(), a[d], b[d]);
+    eprintln!(
+        "{what}: the two runs agree on {d} of {} tokens; at the divergence the two candidates \
+         are {gap:.4} logits apart (near tie)",
+        a.len()
+    );
+    assert!(
+        gap < NEAR_TIE,
+        "{what} diverges at token {d} where the candidates are {gap} logits apart: not a \
+         rounding effect\nfirst:  {a:?}\nsecond: {b:?}"
+    );
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_copied_from_another_sequence_gives_the_output_of_computing_it() {
+    let context = "Repository context: ".to_string()
+        + &"fn parse(input: &str) -> Result<Ast, Error> { todo!() }\n".repeat(12);
+    let questions = [
+        "What does parse return?",
+        "Is parse finished?",
+        "Name the error type.",
+    ];
+    let messages = |q: &str| [ChatMessage::system(context.clone()), ChatMessage::user(q)];
+    let request = |q: &str| GenerateRequest::chat(messages(q).to_vec()).with_max_tokens(16);
+
+    // From scratch: no prefix cache, one request at a time.
+    let mut opts = small_options(1, 512);
+    opts.prefix_cache = false;
+    let fresh = start(opts).await;
+    let mut alone = Vec::new();
+    for q in questions {
+        alone.push(complete(&fresh, request(q)).await.tokens);
+    }
+    drop(fresh);
+
+    // Together: the first computes the context, the other two copy it from its sequence.
+    let engine = start(small_options(3, 512)).await;
+    let streams: Vec<_> = questions
+        .iter()
+        .map(|q| engine.generate(request(q)))
+        .collect();
+    let mut copied = 0;
+    let mut together = Vec::new();
+    for s in streams {
+        let c = timeout(T, s.collect()).await.expect("in time").expect("ok");
+        if c.stats.cached_tokens > 150 {
+            copied += 1;
+        }
+        together.push(c.tokens);
+    }
+    assert_eq!(copied, 2, "two requests reused the first one's context");
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        same_or_near_tie(
+            &engine,
+            &messages(questions[i]),
+            a,
+            b,
+            &format!("question {i}"),
+        );
+    }
 }
 
 /// |logit(a) - logit(b)| after `tokens`, from a plain single-sequence llama.cpp context.
