@@ -89,6 +89,8 @@ impl Session {
                 eo.step_tokens = engine_cfg.step_tokens;
                 eo.n_threads = (engine_cfg.threads > 0).then_some(engine_cfg.threads as i32);
                 eo.prefix_cache = engine_cfg.prefix_cache;
+                eo.kv_type = engine_cfg.kv_type;
+                eo.flash_attention = engine_cfg.flash_attention.forced();
                 let engine = tokio::task::spawn_blocking(move || Engine::start(eo))
                     .await
                     .map_err(|e| Error::Invariant(format!("engine start panicked: {e}")))??;

@@ -19,8 +19,9 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::config::FlashAttention;
 use crate::engine::{
-    Engine, EngineOptions, GenerateEvent, GenerateRequest, Prompt, RequestStats, Sampling,
+    Engine, EngineOptions, GenerateEvent, GenerateRequest, KvType, Prompt, RequestStats, Sampling,
 };
 
 /// Flags of `troupe bench engine`.
@@ -53,6 +54,15 @@ pub struct BenchEngineArgs {
     /// CPU threads (default: all cores).
     #[arg(long, value_name = "T")]
     pub threads: Option<i32>,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    pub kv_type: KvType,
+    /// Flash attention.
+    #[arg(long = "flash-attn", value_enum, default_value_t = FlashAttention::Auto)]
+    pub flash_attention: FlashAttention,
+    /// Tokens per engine step (decode tokens plus prefill chunks).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub step_tokens: u32,
 }
 
 /// One concurrency level's results.
@@ -135,7 +145,9 @@ pub fn measure(args: &BenchEngineArgs, progress: bool) -> anyhow::Result<Vec<Row
         options.n_parallel = c;
         options.ctx_per_seq = ctx_per_seq;
         options.n_threads = args.threads;
-        options.step_tokens = 512;
+        options.step_tokens = args.step_tokens;
+        options.kv_type = args.kv_type;
+        options.flash_attention = args.flash_attention.forced();
         let engine = Engine::start(options)
             .with_context(|| format!("starting the engine for concurrency {c}"))?;
         let prompts = build_prompts(&engine, args, c, row_index)?;
@@ -416,6 +428,10 @@ mod tests {
             shared_prefix_tokens: 200,
             stagger: false,
             threads: Some(2),
+            // The quantized cache (which needs flash attention) through the whole path.
+            kv_type: KvType::Q8_0,
+            flash_attention: FlashAttention::On,
+            step_tokens: 512,
         };
         let rows = measure(&args, false).expect("bench runs");
         assert_eq!(rows.len(), 2);

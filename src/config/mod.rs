@@ -60,6 +60,27 @@ pub enum BackendKind {
     Openai,
 }
 
+/// Whether llama.cpp uses flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashAttention {
+    /// llama.cpp decides (on where the device supports it).
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttention {
+    /// `None` for llama.cpp's choice, else forced on or off.
+    pub fn forced(self) -> Option<bool> {
+        match self {
+            FlashAttention::Auto => None,
+            FlashAttention::On => Some(true),
+            FlashAttention::Off => Some(false),
+        }
+    }
+}
+
 /// Which rankings a search uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -119,6 +140,8 @@ pub struct EngineConfig {
     pub ctx_per_seq: u32,
     pub step_tokens: u32,
     pub prefix_cache: bool,
+    pub kv_type: crate::engine::KvType,
+    pub flash_attention: FlashAttention,
     pub seed: u32,
 }
 
@@ -133,6 +156,8 @@ impl Default for EngineConfig {
             ctx_per_seq: 4096,
             step_tokens: 512,
             prefix_cache: true,
+            kv_type: crate::engine::KvType::F16,
+            flash_attention: FlashAttention::Auto,
             seed: 42,
         }
     }
@@ -311,6 +336,14 @@ pub const DOCS: &[(&str, &str)] = &[
         "engine.prefix_cache",
         "reuse token prefixes already in the KV cache (shared prompts and repository context)",
     ),
+    (
+        "engine.kv_type",
+        "KV cache element type: \"f16\", \"q8_0\" (half the memory) or \"q4_0\" (a quarter); quantized types need flash attention",
+    ),
+    (
+        "engine.flash_attention",
+        "flash attention: \"auto\" (llama.cpp decides), \"on\" or \"off\"",
+    ),
     ("engine.seed", "sampling seed, for reproducible runs"),
     (
         "index.max_file_bytes",
@@ -443,6 +476,14 @@ impl Config {
         }
         if self.engine.step_tokens < 16 {
             out.push(("engine.step_tokens", "must be at least 16".to_string()));
+        }
+        if self.engine.kv_type != crate::engine::KvType::F16
+            && self.engine.flash_attention == FlashAttention::Off
+        {
+            out.push((
+                "engine.kv_type",
+                "a quantized KV cache needs flash attention: set engine.flash_attention = \"auto\" or \"on\", or engine.kv_type = \"f16\"".to_string(),
+            ));
         }
         if self.engine.threads > 1024 {
             out.push(("engine.threads", "must be at most 1024".to_string()));
@@ -1001,6 +1042,21 @@ mod tests {
         assert!(msg.contains("must be between 1 and 256"), "{msg}");
         let msg = apply("[engine]\nthreads = -1\n").unwrap_err().to_string();
         assert!(msg.contains("`engine.threads`"), "{msg}");
+    }
+
+    #[test]
+    fn a_quantized_kv_cache_without_flash_attention_is_rejected_with_the_fix() {
+        let ok = apply("[engine]\nkv_type = \"q8_0\"\n").expect("q8_0 with auto flash attention");
+        assert_eq!(ok.config.engine.kv_type, crate::engine::KvType::Q8_0);
+        let msg = apply("[engine]\nkv_type = \"q4_0\"\nflash_attention = \"off\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`engine.kv_type`"), "{msg}");
+        assert!(msg.contains("engine.flash_attention = \"auto\""), "{msg}");
+        let msg = apply("[engine]\nkv_type = \"q5\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("q8_0"), "the accepted values are named: {msg}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub use request::{
     Prompt, RequestId, RequestStats, Sampling,
 };
 pub use stream::GenerationStream;
-pub use thread::{Engine, EngineMetrics, EngineOptions, ModelInfo};
+pub use thread::{Engine, EngineMetrics, EngineOptions, KvType, ModelInfo};
 
 /// Errors of the engine. Messages name the model file and say how to fix the problem.
 #[derive(Debug, thiserror::Error)]

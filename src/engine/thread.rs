@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_2::DecodeError;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -27,7 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::chat::ChatFormatter;
 use super::request::{
@@ -71,6 +71,36 @@ pub struct EngineOptions {
     pub prefix_wait_min_tokens: usize,
     /// Flash attention: `None` lets llama.cpp decide (on when the device supports it).
     pub flash_attention: Option<bool>,
+    /// Element type of the KV cache.
+    pub kv_type: KvType,
+}
+
+/// Element type of the KV cache: `q8_0` halves its memory (and the stream copies of prefix
+/// reuse), `q4_0` quarters it, at some accuracy; both need flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum KvType {
+    /// 16-bit floats (llama.cpp's default).
+    #[default]
+    F16,
+    /// 8-bit blocks.
+    #[value(name = "q8_0")]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks.
+    #[value(name = "q4_0")]
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl KvType {
+    fn llama(self) -> KvCacheType {
+        match self {
+            KvType::F16 => KvCacheType::F16,
+            KvType::Q8_0 => KvCacheType::Q8_0,
+            KvType::Q4_0 => KvCacheType::Q4_0,
+        }
+    }
 }
 
 impl EngineOptions {
@@ -88,6 +118,7 @@ impl EngineOptions {
             prefix_cache: true,
             prefix_wait_min_tokens: 32,
             flash_attention: None,
+            kv_type: KvType::F16,
         }
     }
 }
@@ -270,6 +301,7 @@ impl Engine {
             step_tokens,
             n_threads,
             flash_attention: options.flash_attention,
+            kv_type: options.kv_type,
             cfg: SchedulerConfig {
                 n_parallel,
                 n_slots,
@@ -629,6 +661,7 @@ struct ThreadSetup {
     step_tokens: u32,
     n_threads: i32,
     flash_attention: Option<bool>,
+    kv_type: KvType,
     cfg: SchedulerConfig,
     metrics: Arc<Mutex<EngineMetrics>>,
 }
@@ -677,6 +710,8 @@ fn engine_thread(
         .with_kv_unified(false)
         .with_n_threads(setup.n_threads)
         .with_n_threads_batch(setup.n_threads)
+        .with_type_k(setup.kv_type.llama())
+        .with_type_v(setup.kv_type.llama())
         // llama.cpp's enum: -1 auto, 0 disabled, 1 enabled.
         .with_flash_attention_policy(match setup.flash_attention {
             None => -1,
