@@ -37,6 +37,7 @@ pub mod orchestrator;
 pub mod review;
 pub mod rewrite;
 pub mod roles;
+pub mod rounds;
 pub mod search;
 pub mod session;
 pub mod store;
