@@ -10,7 +10,9 @@
 //! - [`context`]: the shared prompt prefix (file list, instruction files, task), identical for
 //!   every agent so the engine computes it once.
 //! - [`orchestrator`]: the rounds: writer, then reviewers and testers concurrently, feedback,
-//!   a commit per round on `troupe/<task>`, until approved and tested or out of budget.
+//!   a commit per round on `troupe/<task>`, until the tests pass with no high-severity finding
+//!   or out of budget; a round that tests worse than the best one so far is undone.
+//! - [`rounds`]: each round's test result and snapshot, and which round the task keeps.
 //! - [`store`]: everything persisted under `.troupe/tasks/<id>/` as it happens; list, show,
 //!   apply and discard.
 //! - [`ask`], [`explain`], [`rewrite`]: the editor's one-shot requests (questions, explanations,
@@ -37,6 +39,7 @@ pub mod orchestrator;
 pub mod review;
 pub mod rewrite;
 pub mod roles;
+pub mod rounds;
 pub mod search;
 pub mod session;
 pub mod store;

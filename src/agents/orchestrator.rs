@@ -2,8 +2,16 @@
 //! change is committed; as soon as there is a diff, every reviewer and tester role runs at the
 //! same time on the shared engine (their prompts share the same prefix, so the engine reuses it
 //! from the KV cache); the testers' tests are committed; the orchestrator runs the test command
-//! itself; the round ends with a commit. The task converges when every reviewer approves and the
-//! tests pass (or there is no test command), and otherwise ends at the round or time budget.
+//! itself; the round ends with a commit. The task converges when the tests pass and no reviewer
+//! reports a high-severity finding (with no test command: when every reviewer approves), and
+//! otherwise ends at the round or time budget.
+//!
+//! The loop never ends worse than its best round: each round's commit is its snapshot and the
+//! test run on it its score ([`super::rounds`]). A round that tests worse than the best round so
+//! far is undone at once (the files go back to the best round's snapshot, as a new commit, and a
+//! `RoundReverted` event says so); the writer then works from the best round again, with that
+//! round's feedback. At the round or time budget the task keeps the best-tested round (the later
+//! one among equals), and `TaskComplete` says which round it kept and why.
 //!
 //! Every event goes through the task's [`Emitter`], which appends it to
 //! `.troupe/tasks/<id>/events.jsonl` before sending it to the session; the record (`task.json`)
@@ -21,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::exec::{ExecPolicy, detect_test_command};
 use super::roles::{RoleKind, RoleSpec, Roles};
+use super::rounds::{self, RoundResult, TestRun};
 use super::search::CodeSearch;
 use super::store::{AppendLog, TaskRecord, TaskStatus, TaskStore, new_task_id, now_unix};
 use super::tools::{self, ToolCall, ToolOutcome, Toolbox, Verdict};
@@ -29,7 +38,7 @@ use crate::config::AgentsConfig;
 use crate::engine::{
     Backend, ChatMessage, Constraint, FinishReason, GenerateEvent, GenerateRequest, Sampling,
 };
-use crate::protocol::{Event, EventMsg, Finding, RequestStats, TaskOutcome};
+use crate::protocol::{Event, EventMsg, Finding, KeptRound, RequestStats, Severity, TaskOutcome};
 
 /// Pending approvals: call id to the waiting command.
 pub(crate) type Approvals = Arc<Mutex<HashMap<String, oneshot::Sender<bool>>>>;
@@ -293,6 +302,10 @@ pub async fn run_task(env: TaskEnv, emitter: Emitter, start: TaskStart) -> Resul
             task_id: record.id.clone(),
             outcome,
             rounds: record.rounds_done,
+            kept: record.kept_round.map(|round| KeptRound {
+                round,
+                reason: record.kept_reason.clone(),
+            }),
         },
     );
     Ok(outcome)
@@ -326,6 +339,9 @@ fn prepare(env: &TaskEnv, start: &TaskStart) -> Result<(TaskRecord, bool)> {
                 feedback: String::new(),
                 approved: false,
                 tests_passed: None,
+                rounds: Vec::new(),
+                kept_round: None,
+                kept_reason: String::new(),
                 created_unix: now_unix(),
                 updated_unix: now_unix(),
                 pid: std::process::id(),
@@ -363,6 +379,8 @@ fn prepare(env: &TaskEnv, start: &TaskStart) -> Result<(TaskRecord, bool)> {
                 record.max_rounds = record.rounds_done + env.config.max_rounds.max(1);
             }
             record.status = TaskStatus::Running;
+            record.kept_round = None;
+            record.kept_reason.clear();
             record.pid = std::process::id();
             record.updated_unix = now_unix();
             store.save(&record)?;
@@ -485,6 +503,7 @@ impl Runner<'_> {
                         message: "the time budget (agents.time_budget_secs) ran out".into(),
                     },
                 );
+                self.keep_best(record)?;
                 return Ok(TaskOutcome::BudgetExhausted);
             }
             let round = record.rounds_done + 1;
@@ -520,6 +539,14 @@ impl Runner<'_> {
                 record.approved = false;
                 record.tests_passed = None;
                 record.feedback = "You have not changed any file yet. Read the relevant files, then change them with the edit tool.".into();
+                record.rounds.push(RoundResult {
+                    round,
+                    commit: None,
+                    tests: None,
+                    high_findings: 0,
+                    feedback: String::new(),
+                    reverted_to: None,
+                });
                 record.updated_unix = now_unix();
                 self.store.save(record)?;
                 self.emitter.emit(
@@ -533,6 +560,15 @@ impl Runner<'_> {
                         commit: writer_commit.map(|c| c.to_string()),
                     },
                 );
+                // Undoing every change is never better than a tested change.
+                if let Some(best) = rounds::best(&record.rounds).cloned() {
+                    let reason = format!(
+                        "round {round} left no change against the base; round {} was better: {}",
+                        best.round,
+                        best.tests.map(|t| t.describe()).unwrap_or_default()
+                    );
+                    self.revert(record, round, &best, reason, "")?;
+                }
                 continue;
             }
 
@@ -565,18 +601,21 @@ impl Runner<'_> {
             // With no reviewer taking part (agents.roles), approval is not asked for.
             let mut approved = true;
             let mut feedback = String::new();
+            let mut high_findings = 0u32;
             for (role, result) in reviewers.iter().chain(testers.iter()).zip(results) {
                 let turn = result?;
                 if role.kind != RoleKind::Reviewer {
                     continue;
                 }
-                match turn.verdict {
-                    Some(Verdict::Approve) => {}
-                    Some(Verdict::RequestChanges) => {
-                        approved = false;
-                        feedback.push_str(&format!("Reviewer {} asks for changes:\n", role.name));
-                        for f in &turn.findings {
-                            feedback.push_str(&format!(
+                high_findings += turn
+                    .findings
+                    .iter()
+                    .filter(|f| f.severity >= Severity::High)
+                    .count() as u32;
+                let listed = |findings: &mut dyn Iterator<Item = &Finding>| {
+                    findings
+                        .map(|f| {
+                            format!(
                                 "- [{:?}] {}:{}-{} {}: {}{}\n",
                                 f.severity,
                                 f.file,
@@ -589,8 +628,30 @@ impl Runner<'_> {
                                     .filter(|s| !s.is_empty())
                                     .map(|s| format!(" Suggestion: {s}"))
                                     .unwrap_or_default()
+                            )
+                        })
+                        .collect::<String>()
+                };
+                match turn.verdict {
+                    Some(Verdict::Approve) => {
+                        // A high-severity finding holds the task back even with an approval.
+                        let high = listed(
+                            &mut turn
+                                .findings
+                                .iter()
+                                .filter(|f| f.severity >= Severity::High),
+                        );
+                        if !high.is_empty() {
+                            feedback.push_str(&format!(
+                                "Reviewer {} approves but reports:\n{high}",
+                                role.name
                             ));
                         }
+                    }
+                    Some(Verdict::RequestChanges) => {
+                        approved = false;
+                        feedback.push_str(&format!("Reviewer {} asks for changes:\n", role.name));
+                        feedback.push_str(&listed(&mut turn.findings.iter()));
                     }
                     None => {
                         approved = false;
@@ -618,7 +679,8 @@ impl Runner<'_> {
                 ..toolbox.clone()
             };
             let toolbox = &own;
-            let (tests_passed, fail_before) = match toolbox.exec.test_argv() {
+            let mut test_feedback = String::new();
+            let (test_run, fail_before) = match toolbox.exec.test_argv() {
                 Some(argv) => {
                     let display = test_command.clone().unwrap_or_default();
                     let base_copy = match (&before_testers, &after_testers) {
@@ -643,10 +705,10 @@ impl Runner<'_> {
                         Some(result.map(|(_, out)| !out.success()).unwrap_or(false))
                     };
                     let (after, fail_before) = tokio::join!(after, before);
-                    let passed = match after {
+                    let run = match after {
                         Ok((_, out)) => {
                             if !out.success() {
-                                feedback.push_str(&format!(
+                                test_feedback.push_str(&format!(
                                     "The tests fail (`{display}`, {}):\n{}\n",
                                     if out.timed_out {
                                         "timed out".to_string()
@@ -656,14 +718,14 @@ impl Runner<'_> {
                                     tools::tail(&out.output, 2_000)
                                 ));
                             }
-                            Some(out.success())
+                            TestRun::from_output(out.success(), &out.output)
                         }
                         Err(outcome) => {
-                            feedback.push_str(&format!(
+                            test_feedback.push_str(&format!(
                                 "The tests could not run: {}\n",
                                 outcome.for_model()
                             ));
-                            Some(false)
+                            TestRun::broken()
                         }
                     };
                     if fail_before == Some(false) {
@@ -671,15 +733,36 @@ impl Runner<'_> {
                             message: "the new tests also pass on the code before the change, so they do not test it".into(),
                         });
                     }
-                    (passed, fail_before)
+                    (Some(run), fail_before)
                 }
                 None => (None, None),
             };
+            let tests_passed = test_run.map(|t| t.passed);
+            if let Some(run) = test_run.filter(|t| t.passed) {
+                feedback.push_str(&format!(
+                    "{}: keep them passing (a change that makes the tests worse is undone).\n",
+                    capitalized(&run.describe())
+                ));
+            }
+            feedback.push_str(&test_feedback);
             let commit = head_of(&record.worktree);
+            // The best round before this one, and whether this one tests worse.
+            let best_before = rounds::best(&record.rounds).cloned();
+            let worse = best_before.as_ref().filter(
+                |b| matches!((&test_run, &b.tests), (Some(t), Some(bt)) if t.rank(bt).is_lt()),
+            );
             record.rounds_done = round;
             record.approved = approved;
             record.tests_passed = tests_passed;
-            record.feedback = feedback;
+            record.feedback = feedback.clone();
+            record.rounds.push(RoundResult {
+                round,
+                commit: commit.clone(),
+                tests: test_run,
+                high_findings,
+                feedback,
+                reverted_to: None,
+            });
             record.updated_unix = now_unix();
             self.store.save(record)?;
             self.emitter.emit(
@@ -693,11 +776,152 @@ impl Runner<'_> {
                     commit,
                 },
             );
-            if approved && tests_passed != Some(false) {
+            if let Some(best) = worse {
+                let reason = format!(
+                    "round {round}: {}; round {} was better: {}",
+                    test_run.map(|t| t.describe()).unwrap_or_default(),
+                    best.round,
+                    best.tests.map(|t| t.describe()).unwrap_or_default()
+                );
+                self.revert(record, round, best, reason, &test_feedback)?;
+                continue;
+            }
+            // Passing tests and no high-severity finding end the task; lesser findings do not
+            // hold back a tested change. Without a test command, the reviewers' approval decides.
+            let reason = match test_run {
+                Some(run) if run.passed && high_findings == 0 => Some(format!(
+                    "round {round}: {} and no reviewer reports a high-severity finding",
+                    run.describe()
+                )),
+                None if approved => Some(format!(
+                    "round {round}: every reviewer approves (there is no test command)"
+                )),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                record.kept_round = Some(round);
+                record.kept_reason = reason;
                 return Ok(TaskOutcome::Converged);
             }
         }
+        self.keep_best(record)?;
         Ok(TaskOutcome::BudgetExhausted)
+    }
+
+    /// Undoes round `round`: the worktree's files become `best`'s snapshot again (a new commit),
+    /// the round is marked undone in the record, the writer's next feedback says what happened
+    /// (with `what_broke`, the undone round's test output) and repeats `best`'s own feedback.
+    fn revert(
+        &self,
+        record: &mut TaskRecord,
+        round: u32,
+        best: &RoundResult,
+        reason: String,
+        what_broke: &str,
+    ) -> Result<()> {
+        let Some(snapshot) = best.commit.as_deref() else {
+            return Err(Error::Invariant(format!(
+                "round {} is the best round but has no commit",
+                best.round
+            )));
+        };
+        let commit = crate::git::restore_commit(
+            &record.worktree,
+            snapshot,
+            &format!(
+                "troupe: round {round} undone, back to round {}\n\n{reason}",
+                best.round
+            ),
+        )?;
+        if let Some(r) = record.rounds.iter_mut().rev().find(|r| r.round == round) {
+            r.reverted_to = Some(best.round);
+        }
+        record.feedback = format!(
+            "Your change in round {round} was undone because it made things worse ({reason}). The files are back as they were after round {}; work from them.\n{what_broke}{}",
+            best.round,
+            if best.feedback.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "Feedback on round {}'s change:\n{}",
+                    best.round, best.feedback
+                )
+            }
+        );
+        record.updated_unix = now_unix();
+        self.store.save(record)?;
+        if let Ok(diff) = crate::git::worktree_diff(&record.worktree, &record.base) {
+            self.emitter.emit(None, EventMsg::DiffUpdated { diff });
+        }
+        self.emitter.emit(
+            None,
+            EventMsg::RoundReverted {
+                task_id: record.id.clone(),
+                round,
+                kept_round: best.round,
+                reason,
+                commit: commit.map(|c| c.to_string()),
+            },
+        );
+        Ok(())
+    }
+
+    /// At the end of the budget: the task keeps the best-tested round (the later among equals),
+    /// restoring its files if the worktree holds anything else, and records which and why.
+    fn keep_best(&self, record: &mut TaskRecord) -> Result<()> {
+        let last = record.rounds_done;
+        let Some(best) = rounds::best(&record.rounds).cloned() else {
+            // No test run to compare rounds by: the last change stands.
+            if let Some(r) = record.rounds.iter().rev().find(|r| r.commit.is_some()) {
+                record.kept_round = Some(r.round);
+                record.kept_reason = format!(
+                    "round {}, the last round with a change (there is no test command to compare rounds by)",
+                    r.round
+                );
+            }
+            return Ok(());
+        };
+        let tests = best.tests.map(|t| t.describe()).unwrap_or_default();
+        let mut reason = if best.round == last {
+            format!("round {}: {tests}, the best test result", best.round)
+        } else {
+            format!(
+                "round {}: {tests}, the best test result; the rounds after it did worse and were undone",
+                best.round
+            )
+        };
+        if best.high_findings > 0 {
+            reason.push_str(&format!(
+                "; a reviewer still reports {} high-severity finding(s)",
+                best.high_findings
+            ));
+        }
+        if let Some(snapshot) = best.commit.as_deref() {
+            let commit = crate::git::restore_commit(
+                &record.worktree,
+                snapshot,
+                &format!("troupe: the task keeps round {}\n\n{reason}", best.round),
+            )?;
+            if let Some(commit) = commit {
+                // Only when something after the best round was left in place.
+                if let Some(r) = record.rounds.iter_mut().rev().find(|r| r.round == last) {
+                    r.reverted_to = Some(best.round);
+                }
+                self.emitter.emit(
+                    None,
+                    EventMsg::RoundReverted {
+                        task_id: record.id.clone(),
+                        round: last,
+                        kept_round: best.round,
+                        reason: reason.clone(),
+                        commit: Some(commit.to_string()),
+                    },
+                );
+            }
+        }
+        record.kept_round = Some(best.round);
+        record.kept_reason = reason;
+        Ok(())
     }
 
     fn out_of_time(&self) -> bool {
@@ -1020,6 +1244,15 @@ fn base_with_new_tests(
         failed |= !copied;
     }
     (!failed).then_some((dir, paths))
+}
+
+/// `text` with its first letter upper-case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// The commit at the worktree's HEAD.

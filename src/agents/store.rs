@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::rounds::RoundResult;
 use super::{Error, Result, io_err};
 use crate::protocol::{Event, TaskOutcome};
 
@@ -87,6 +88,16 @@ pub struct TaskRecord {
     /// Whether the last round's tests passed (`None`: not run).
     #[serde(default)]
     pub tests_passed: Option<bool>,
+    /// Every round's snapshot and test result, in order.
+    #[serde(default)]
+    pub rounds: Vec<RoundResult>,
+    /// The round whose files the task branch holds at the end of the last run (`None`: still
+    /// running, cancelled, failed, or no round changed anything).
+    #[serde(default)]
+    pub kept_round: Option<u32>,
+    /// Why that round was kept.
+    #[serde(default)]
+    pub kept_reason: String,
     /// Seconds since the epoch.
     pub created_unix: u64,
     /// Seconds since the epoch.
@@ -366,6 +377,9 @@ mod tests {
             feedback: String::new(),
             approved: false,
             tests_passed: None,
+            rounds: Vec::new(),
+            kept_round: None,
+            kept_reason: String::new(),
             created_unix: 1,
             updated_unix: 1,
             pid: 1,

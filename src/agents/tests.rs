@@ -798,3 +798,351 @@ async fn a_cancelled_one_shot_request_drops_its_model_stream_and_says_so() {
         "the model stream was dropped"
     );
 }
+
+/// `add` is wrong on the base commit and its one test says so.
+fn sum_repo() -> tempfile::TempDir {
+    fixture(&[
+        ("calc.py", CALC),
+        (
+            "test_calc.py",
+            "import unittest\n\nfrom calc import add\n\n\nclass TestAdd(unittest.TestCase):\n    def test_sum(self):\n        self.assertEqual(add(2, 3), 5)\n",
+        ),
+    ])
+}
+
+/// `python3 -B`: no `__pycache__` in the worktree, so its files are exactly the committed ones.
+const UNITTEST: &str = "python3 -B -m unittest -q";
+
+fn review(severity: &str, title: &str) -> String {
+    format!(
+        r#"{{"tool": "review", "verdict": "request_changes", "findings": [{{"file": "calc.py", "start_line": 2, "end_line": 2, "severity": "{severity}", "category": "bug", "title": "{title}", "explanation": "see the title", "suggestion": "", "confidence": 0.9}}]}}"#
+    )
+}
+
+fn edit(path: &str, search: &str, replace: &str) -> String {
+    serde_json::json!({"tool": "edit", "path": path, "search": search, "replace": replace})
+        .to_string()
+}
+
+/// Every file of a worktree (not `.git`) with its bytes.
+fn files_of(worktree: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = walkdir::WalkDir::new(worktree)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.path() != worktree.join(".git"))
+        .map(|e| {
+            (
+                e.path()
+                    .strip_prefix(worktree)
+                    .unwrap()
+                    .display()
+                    .to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file of a commit's tree with its bytes.
+fn files_of_commit(repo: &Path, commit: &str) -> Vec<(String, Vec<u8>)> {
+    let repo = git2::Repository::open(repo).unwrap();
+    let tree = repo
+        .revparse_single(commit)
+        .unwrap()
+        .peel_to_tree()
+        .unwrap();
+    let mut out = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        if let Ok(blob) = repo.find_blob(entry.id()) {
+            out.push((
+                format!("{dir}{}", entry.name().unwrap()),
+                blob.content().to_vec(),
+            ));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    out.sort();
+    out
+}
+
+fn round_commit(events: &[Event], n: u32) -> String {
+    events
+        .iter()
+        .find_map(|e| match &e.msg {
+            EventMsg::RoundComplete { round, commit, .. } if *round == n => commit.clone(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("round {n} has a commit: {events:#?}"))
+}
+
+fn reverts(events: &[Event]) -> Vec<(u32, u32, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.msg {
+            EventMsg::RoundReverted {
+                round,
+                kept_round,
+                reason,
+                ..
+            } => Some((*round, *kept_round, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kept(events: &[Event]) -> Option<crate::protocol::KeptRound> {
+    events.iter().find_map(|e| match &e.msg {
+        EventMsg::TaskComplete { kept, .. } => kept.clone(),
+        _ => None,
+    })
+}
+
+/// The writer's first message of each round (its prompt), in order.
+fn writer_prompts(backend: &Scripted) -> Vec<String> {
+    backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| Scripted::role_of(r) == "writer")
+        .filter_map(|r| match &r.prompt {
+            Prompt::Messages(m) if m.len() == 2 => Some(m[1].content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rounds_that_break_passing_tests_are_undone_and_the_task_ends_with_the_best_rounds_files() {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                // Round 1: the right fix.
+                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                r#"{"tool": "done", "summary": "add returns the sum"}"#,
+                // Round 2: "addressing" the review breaks it.
+                &edit("calc.py", "return a + b\n", "return a * b\n"),
+                r#"{"tool": "done", "summary": "multiply"}"#,
+                // Round 3: breaks it another way and adds a file.
+                &edit("calc.py", "return a + b\n", "return a + b + 1\n"),
+                &edit("helper.py", "", "ONE = 1\n"),
+                r#"{"tool": "done", "summary": "off by one"}"#,
+            ],
+        ),
+        // Round 1's change gets a high-severity finding, so the task goes on.
+        ("reviewer", &[&review("high", "add may overflow")]),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
+    let events = run_to_end(
+        &mut s,
+        Op::UserTask {
+            text: "make add return the sum".into(),
+            max_rounds: None,
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(check_events(&events), TaskOutcome::BudgetExhausted);
+    let tests: Vec<(u32, Option<bool>)> = events
+        .iter()
+        .filter_map(|e| match &e.msg {
+            EventMsg::RoundComplete {
+                round,
+                tests_passed,
+                ..
+            } => Some((*round, *tests_passed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tests,
+        vec![(1, Some(true)), (2, Some(false)), (3, Some(false))]
+    );
+    // Both breaking rounds were undone at once, back to round 1, and said why.
+    let undone = reverts(&events);
+    assert_eq!(
+        undone.iter().map(|(r, k, _)| (*r, *k)).collect::<Vec<_>>(),
+        vec![(2, 1), (3, 1)],
+        "{undone:?}"
+    );
+    assert!(
+        undone[0]
+            .2
+            .contains("round 2: the tests fail (1 of 1 fail)")
+            && undone[0]
+                .2
+                .contains("round 1 was better: the tests pass (1 passed)"),
+        "{undone:?}"
+    );
+    // Round 3 started from round 1's code (its edit of `a + b` applied) and the writer heard
+    // what happened, with round 1's review again.
+    let prompts = writer_prompts(&backend);
+    assert_eq!(prompts.len(), 3, "{prompts:#?}");
+    assert!(
+        prompts[2].contains("Your change in round 2 was undone")
+            && prompts[2].contains("back as they were after round 1")
+            && prompts[2].contains("add may overflow"),
+        "{}",
+        prompts[2]
+    );
+    assert!(tool_ends(&events, "writer").iter().all(|(ok, _)| *ok));
+
+    // The task ends with exactly round 1's files: the test-breaking edits and the added file are
+    // gone, on the branch and in the worktree.
+    let id = task_id(&events);
+    let record = TaskStore::new(dir.path()).load(&id).unwrap();
+    let round1 = round_commit(&events, 1);
+    assert_eq!(
+        files_of(&record.worktree),
+        files_of_commit(dir.path(), &round1)
+    );
+    assert_eq!(
+        files_of_commit(dir.path(), &record.branch),
+        files_of_commit(dir.path(), &round1)
+    );
+    assert!(!record.worktree.join("helper.py").exists());
+    let diff = store::task_diff(dir.path(), &record).unwrap();
+    assert!(diff.contains("+    return a + b"), "{diff}");
+    assert!(!diff.contains("helper.py"), "{diff}");
+
+    // The record and the last event say which round was kept and why.
+    assert_eq!(record.status, TaskStatus::BudgetExhausted);
+    assert_eq!(record.kept_round, Some(1));
+    assert!(
+        record
+            .kept_reason
+            .starts_with("round 1: the tests pass (1 passed)")
+            && record.kept_reason.contains("high-severity"),
+        "{}",
+        record.kept_reason
+    );
+    assert_eq!(
+        record
+            .rounds
+            .iter()
+            .map(|r| (r.round, r.reverted_to))
+            .collect::<Vec<_>>(),
+        vec![(1, None), (2, Some(1)), (3, Some(1))]
+    );
+    let kept = kept(&events).expect("TaskComplete names the kept round");
+    assert_eq!((kept.round, kept.reason), (1, record.kept_reason.clone()));
+    // The undoing is in the persisted event log too.
+    let logged = TaskStore::new(dir.path()).events(&id).unwrap();
+    assert_eq!(reverts(&logged).len(), 2);
+}
+
+#[tokio::test]
+async fn a_first_round_that_passes_the_tests_with_no_high_finding_ends_the_task() {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                r#"{"tool": "done", "summary": "add returns the sum"}"#,
+                // Never reached: the task ends after round 1.
+                &edit("calc.py", "return a + b\n", "return a * b\n"),
+            ],
+        ),
+        // A medium finding and "request_changes": not enough to hold back tested code.
+        (
+            "reviewer",
+            &[&review("medium", "name the parameters better")],
+        ),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
+    let events = run_to_end(
+        &mut s,
+        Op::UserTask {
+            text: "make add return the sum".into(),
+            max_rounds: None,
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let rounds = events
+        .iter()
+        .filter(|e| matches!(e.msg, EventMsg::RoundComplete { .. }))
+        .count();
+    assert_eq!(rounds, 1);
+    assert_eq!(writer_prompts(&backend).len(), 1, "no second writer round");
+    assert!(reverts(&events).is_empty());
+    let kept = kept(&events).expect("TaskComplete names the kept round");
+    assert_eq!(kept.round, 1);
+    assert_eq!(
+        kept.reason,
+        "round 1: the tests pass (1 passed) and no reviewer reports a high-severity finding"
+    );
+    let id = task_id(&events);
+    let record = TaskStore::new(dir.path()).load(&id).unwrap();
+    assert_eq!(record.status, TaskStatus::Converged);
+    assert_eq!(record.rounds_done, 1);
+    assert_eq!(record.kept_round, Some(1));
+    assert_eq!(
+        std::fs::read_to_string(record.worktree.join("calc.py")).unwrap(),
+        "def add(a, b):\n    return a + b\n"
+    );
+}
+
+#[tokio::test]
+async fn a_high_finding_on_passing_code_gets_another_round_and_an_equally_tested_answer_is_kept() {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                r#"{"tool": "done", "summary": "add returns the sum"}"#,
+                &edit(
+                    "calc.py",
+                    "def add(a, b):\n",
+                    "def add(a, b):\n    \"\"\"The sum of a and b.\"\"\"\n",
+                ),
+                r#"{"tool": "done", "summary": "documented"}"#,
+            ],
+        ),
+        // An approval does not wave a high-severity finding through.
+        (
+            "reviewer",
+            &[&review("high", "undocumented").replace("request_changes", "approve")],
+        ),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
+    let events = run_to_end(
+        &mut s,
+        Op::UserTask {
+            text: "make add return the sum".into(),
+            max_rounds: None,
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let prompts = writer_prompts(&backend);
+    assert_eq!(prompts.len(), 2);
+    assert!(
+        prompts[1]
+            .contains("Reviewer reviewer approves but reports:\n- [High] calc.py:2-2 undocumented")
+            && prompts[1].contains("The tests pass (1 passed): keep them passing"),
+        "{}",
+        prompts[1]
+    );
+    assert!(
+        reverts(&events).is_empty(),
+        "equal test results: nothing undone"
+    );
+    assert_eq!(kept(&events).map(|k| k.round), Some(2));
+    let id = task_id(&events);
+    let record = TaskStore::new(dir.path()).load(&id).unwrap();
+    assert!(
+        std::fs::read_to_string(record.worktree.join("calc.py"))
+            .unwrap()
+            .contains("The sum of a and b.")
+    );
+}

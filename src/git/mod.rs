@@ -284,6 +284,26 @@ pub fn commit_all(worktree: &Path, message: &str) -> Result<Option<Oid>> {
     Ok(Some(oid))
 }
 
+/// Sets a worktree's files and index to exactly those of `commit` (files it lacks are removed,
+/// untracked ones too; ignored files stay) and commits that on the worktree's branch on top of its
+/// HEAD, so the branch's history keeps what was undone. Returns the new commit; `None` when the
+/// files already were `commit`'s.
+pub fn restore_commit(worktree: &Path, commit: &str, message: &str) -> Result<Option<Oid>> {
+    let repo = Repository::open(worktree).map_err(|e| git_err(worktree, e))?;
+    let tree = repo
+        .revparse_single(commit)
+        .and_then(|o| o.peel_to_tree())
+        .map_err(|_| Error::UnknownRef {
+            path: worktree.to_path_buf(),
+            name: commit.to_string(),
+        })?;
+    let mut opts = git2::build::CheckoutBuilder::new();
+    opts.force().remove_untracked(true).remove_ignored(false);
+    repo.checkout_tree(tree.as_object(), Some(&mut opts))
+        .map_err(|e| git_err(worktree, e))?;
+    commit_all(worktree, message)
+}
+
 /// The unified diff of a worktree (committed and uncommitted changes, untracked files included)
 /// against `base`.
 pub fn worktree_diff(worktree: &Path, base: &str) -> Result<String> {
@@ -462,6 +482,45 @@ mod tests {
         repo.remove_worktree("t1").unwrap();
         assert!(!wt.path.exists());
         assert!(repo.resolve("troupe/t1").is_err());
+    }
+
+    #[test]
+    fn restoring_a_commit_brings_its_files_back_exactly_as_a_new_commit() {
+        let dir = fixture(&[("a.txt", "one\n"), ("gone.txt", "kept in r1\n")]);
+        let repo = Repo::open(dir.path()).unwrap();
+        let base = repo.head().unwrap();
+        let wt = repo.create_worktree("t3", base).unwrap();
+        std::fs::write(wt.path.join("a.txt"), "round one\n").unwrap();
+        let r1 = commit_all(&wt.path, "r1").unwrap().unwrap();
+        let files_of_r1 = snapshot(&wt.path);
+        // A later round rewrites, deletes, adds (committed and not) and leaves a stray directory.
+        std::fs::write(wt.path.join("a.txt"), "broken\n").unwrap();
+        std::fs::remove_file(wt.path.join("gone.txt")).unwrap();
+        std::fs::write(wt.path.join("new.txt"), "new\n").unwrap();
+        let r2 = commit_all(&wt.path, "r2").unwrap().unwrap();
+        std::fs::create_dir_all(wt.path.join("tmp/deep")).unwrap();
+        std::fs::write(wt.path.join("tmp/deep/untracked.txt"), "x\n").unwrap();
+
+        let restored = restore_commit(&wt.path, &r1.to_string(), "back to r1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(snapshot(&wt.path), files_of_r1);
+        let raw = repo.raw();
+        let tree_of = |oid: Oid| raw.find_commit(oid).unwrap().tree_id();
+        assert_eq!(tree_of(restored), tree_of(r1));
+        // The undone round stays in the branch's history.
+        assert_eq!(raw.find_commit(restored).unwrap().parent_id(0).unwrap(), r2);
+        assert_eq!(repo.resolve("troupe/t3").unwrap(), restored);
+        assert_eq!(git_status(&wt.path), "");
+        // Nothing to do the second time.
+        assert_eq!(
+            restore_commit(&wt.path, &r1.to_string(), "again").unwrap(),
+            None
+        );
+        assert!(matches!(
+            restore_commit(&wt.path, "no-such-ref", "x"),
+            Err(Error::UnknownRef { .. })
+        ));
     }
 
     #[test]

@@ -74,15 +74,20 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 task_id,
                 outcome,
                 rounds,
+                kept,
             } => {
                 let what = match outcome {
-                    TaskOutcome::Converged => "converged: approved and tested",
+                    TaskOutcome::Converged => "converged",
                     TaskOutcome::BudgetExhausted => "not converged: the budget ran out",
                     TaskOutcome::Cancelled => "cancelled",
                     TaskOutcome::Failed => "failed",
                 };
+                let kept = kept
+                    .as_ref()
+                    .map(|k| format!("; keeps {}", k.reason))
+                    .unwrap_or_default();
                 format!(
-                    "task {task_id} {what} after {rounds} round(s); branch troupe/{task_id}; `troupe tasks show {task_id}`, `troupe tasks apply {task_id}`"
+                    "task {task_id} {what} after {rounds} round(s){kept}; branch troupe/{task_id}; `troupe tasks show {task_id}`, `troupe tasks apply {task_id}`"
                 )
             }
             EventMsg::AgentMessageDelta { .. } | EventMsg::AgentMessage { .. } => return Ok(()),
@@ -196,6 +201,12 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 format!("task {task_id} applied to your working tree")
             }
             EventMsg::TaskDiscarded { task_id } => format!("task {task_id} discarded"),
+            EventMsg::RoundReverted {
+                round,
+                kept_round,
+                reason,
+                ..
+            } => format!("round {round} undone, back to round {kept_round}: {reason}"),
             EventMsg::SearchResults { results } => format!("{} search results", results.len()),
             EventMsg::IndexProgress { phase, done, total } => {
                 format!("index {phase}: {done}/{total}")
@@ -335,6 +346,7 @@ pub fn show(ctx: &Context, id: &str) -> anyhow::Result<u8> {
             matches!(
                 e.msg,
                 EventMsg::RoundComplete { .. }
+                    | EventMsg::RoundReverted { .. }
                     | EventMsg::ReviewFinding { .. }
                     | EventMsg::TaskComplete { .. }
                     | EventMsg::Error { .. }
@@ -388,6 +400,9 @@ fn print_record(out: &mut impl Write, r: &TaskRecord) -> std::io::Result<()> {
     writeln!(out, "task      {}", r.id)?;
     writeln!(out, "status    {}", r.status.as_str())?;
     writeln!(out, "rounds    {}/{}", r.rounds_done, r.max_rounds)?;
+    if let Some(kept) = r.kept_round {
+        writeln!(out, "kept      round {kept}: {}", r.kept_reason)?;
+    }
     writeln!(out, "branch    {}", r.branch)?;
     writeln!(out, "worktree  {}", r.worktree.display())?;
     writeln!(out, "base      {}", r.base)?;
@@ -620,6 +635,46 @@ mod tests {
         assert_eq!(
             text,
             "[writer] edit {\"path\":\"a.py\"}: ERROR: the search text was not found\n"
+        );
+    }
+
+    #[test]
+    fn human_progress_says_which_round_was_undone_and_which_the_task_keeps() {
+        let mut buf = Vec::new();
+        let mut p = HumanProgress::new(&mut buf);
+        let ev = |msg| Event {
+            id: "1".into(),
+            agent: None,
+            msg,
+        };
+        p.process(&ev(EventMsg::RoundReverted {
+            task_id: "t1".into(),
+            round: 2,
+            kept_round: 1,
+            reason: "round 2: the tests fail (1 of 1 fail)".into(),
+            commit: None,
+        }))
+        .unwrap();
+        p.process(&ev(EventMsg::TaskComplete {
+            task_id: "t1".into(),
+            outcome: TaskOutcome::BudgetExhausted,
+            rounds: 2,
+            kept: Some(crate::protocol::KeptRound {
+                round: 1,
+                reason: "round 1: the tests pass (1 passed)".into(),
+            }),
+        }))
+        .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "round 2 undone, back to round 1: round 2: the tests fail (1 of 1 fail)"
+        );
+        assert!(
+            lines[1].starts_with("task t1 not converged: the budget ran out after 2 round(s); keeps round 1: the tests pass (1 passed); branch troupe/t1"),
+            "{}",
+            lines[1]
         );
     }
 }

@@ -235,7 +235,8 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskOutcome {
-    /// The reviewer approved and the tests pass.
+    /// The tests pass and no reviewer reports a high-severity finding (with no test command:
+    /// every reviewer approves).
     Converged,
     /// The round or time budget ran out first.
     BudgetExhausted,
@@ -299,6 +300,10 @@ pub enum EventMsg {
         task_id: String,
         outcome: TaskOutcome,
         rounds: u32,
+        /// The round whose files the task ends with, and why (`None`: cancelled, failed, or no
+        /// round changed anything).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept: Option<KeptRound>,
     },
     /// A chunk of an agent's streamed output.
     AgentMessageDelta {
@@ -444,6 +449,26 @@ pub enum EventMsg {
     EditComplete {
         proposal: EditProposal,
     },
+    /// A round's change was undone because it tested worse than an earlier round (or, at the
+    /// end of a task, because an earlier round tested best): the task's files are `kept_round`'s
+    /// again, recorded by `commit` on the task branch (the undone round stays in its history).
+    RoundReverted {
+        task_id: String,
+        /// The round whose change was undone (the last round, at the end of a task).
+        round: u32,
+        kept_round: u32,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+}
+
+/// The round whose files a task ends with, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRound {
+    pub round: u32,
+    /// E.g. `round 1: the tests pass (3 passed) and no reviewer reports a high-severity finding`.
+    pub reason: String,
 }
 
 /// A proposed change to one file, as `troupe edit --json` prints it.

@@ -489,6 +489,7 @@ impl App {
                 task_id,
                 outcome,
                 rounds,
+                kept,
             } => {
                 if let Some(t) = self.task.as_mut().filter(|_| current) {
                     t.outcome = Some(outcome);
@@ -500,7 +501,7 @@ impl App {
                     }
                     self.approvals.clear();
                     let what = match outcome {
-                        TaskOutcome::Converged => "converged: approved and tested",
+                        TaskOutcome::Converged => "converged",
                         TaskOutcome::BudgetExhausted => "not converged: the budget ran out",
                         TaskOutcome::Cancelled => "cancelled",
                         TaskOutcome::Failed => "failed",
@@ -512,6 +513,9 @@ impl App {
                         ),
                         None,
                     );
+                    if let Some(k) = kept {
+                        self.note(Level::Info, format!("keeps {}", k.reason), None);
+                    }
                 }
             }
             EventMsg::AgentMessageDelta { delta } if current => {
@@ -615,6 +619,16 @@ impl App {
                     None,
                 );
             }
+            EventMsg::RoundReverted {
+                round,
+                kept_round,
+                reason,
+                ..
+            } => self.note(
+                Level::Warning,
+                format!("round {round} undone, back to round {kept_round}: {reason}"),
+                None,
+            ),
             EventMsg::TaskDiscarded { task_id } => {
                 if let Some(t) = self.task.as_mut() {
                     t.settled = Some("discarded");

@@ -540,6 +540,7 @@ fn earlier_tasks_are_listed_and_reopen_from_their_saved_events() {
                 task_id: TASK_ID.into(),
                 outcome: TaskOutcome::BudgetExhausted,
                 rounds: 1,
+                kept: None,
             },
         },
     ];
@@ -592,6 +593,7 @@ fn a_finished_task_is_applied_or_discarded_after_a_yes() {
             task_id: TASK_ID.into(),
             outcome: TaskOutcome::Converged,
             rounds: 1,
+            kept: None,
         },
     ));
     assert!(!app.busy());

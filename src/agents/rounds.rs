@@ -1,0 +1,323 @@
+//! What each round of a task left, and which round the task keeps.
+//!
+//! Every round ends with a commit on the task branch (the snapshot of its files) and, when there
+//! is a test command, one run of it by troupe. Rounds are ranked by that run alone: a passing run
+//! beats a failing one; then a run whose summary was recognised beats one without (a crash or a
+//! timeout); then fewer failing tests; then more passing ones. Equal runs rank the same, and
+//! among equals the later round counts as the best. A round that ranks below the best round so
+//! far is undone: the files go back to the best round's snapshot.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+/// Tests counted from a test runner's summary (errors count as failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCounts {
+    pub passed: u32,
+    pub failed: u32,
+}
+
+/// One run of the test command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRun {
+    /// Exit code 0 within the timeout.
+    pub passed: bool,
+    /// The counts, when the runner's summary was recognised (unittest, pytest, cargo test, jest,
+    /// or any `N passed` / `N failed` line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<TestCounts>,
+}
+
+impl TestRun {
+    /// The run that exited with `success` and printed `output`.
+    pub fn from_output(success: bool, output: &str) -> Self {
+        Self {
+            passed: success,
+            counts: parse_counts(output),
+        }
+    }
+
+    /// A run that could not start or did not finish.
+    pub fn broken() -> Self {
+        Self {
+            passed: false,
+            counts: None,
+        }
+    }
+
+    /// How this run ranks against `other` (greater is better).
+    pub fn rank(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+
+    fn key(&self) -> (bool, bool, std::cmp::Reverse<u32>, u32) {
+        match self.counts {
+            Some(c) => (self.passed, true, std::cmp::Reverse(c.failed), c.passed),
+            None => (self.passed, false, std::cmp::Reverse(0), 0),
+        }
+    }
+
+    /// E.g. `the tests pass (5 passed)`, `the tests fail (2 of 7 fail)`.
+    pub fn describe(&self) -> String {
+        let verdict = if self.passed {
+            "the tests pass"
+        } else {
+            "the tests fail"
+        };
+        match self.counts {
+            Some(c) if c.failed == 0 => format!("{verdict} ({} passed)", c.passed),
+            Some(c) => format!(
+                "{verdict} ({} of {} fail)",
+                c.failed,
+                c.passed.saturating_add(c.failed)
+            ),
+            None if self.passed => verdict.to_string(),
+            None => format!("{verdict} (no test summary)"),
+        }
+    }
+}
+
+/// What one round left, kept in the task record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundResult {
+    /// 1-based.
+    pub round: u32,
+    /// The commit holding the round's files (the snapshot the tests ran on); `None` when the
+    /// round changed nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The test command's run on that snapshot; `None`: not run (no test command, or no change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestRun>,
+    /// Reviewer findings of severity high.
+    #[serde(default)]
+    pub high_findings: u32,
+    /// The feedback the round produced for the writer (used again when a later round is undone).
+    #[serde(default)]
+    pub feedback: String,
+    /// The round whose files replaced this round's, when this round was undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_to: Option<u32>,
+}
+
+/// The best tested round that was not undone: the highest-ranked test run, the later round among
+/// equals. `None` when no round has a test run and a snapshot.
+pub fn best(rounds: &[RoundResult]) -> Option<&RoundResult> {
+    let mut best: Option<&RoundResult> = None;
+    for r in rounds {
+        let (Some(tests), Some(_)) = (&r.tests, &r.commit) else {
+            continue;
+        };
+        if r.reverted_to.is_some() {
+            continue;
+        }
+        let better_or_equal = best
+            .and_then(|b| b.tests.as_ref())
+            .is_none_or(|b| tests.rank(b) != Ordering::Less);
+        if better_or_equal {
+            best = Some(r);
+        }
+    }
+    best
+}
+
+/// Counts from the summary lines of common test runners; `None` when none is recognised.
+pub fn parse_counts(output: &str) -> Option<TestCounts> {
+    cargo_counts(output)
+        .or_else(|| unittest_counts(output))
+        .or_else(|| generic_counts(output))
+}
+
+/// `test result: ok. 5 passed; 1 failed; ...`, summed over every test binary.
+fn cargo_counts(output: &str) -> Option<TestCounts> {
+    let mut total: Option<TestCounts> = None;
+    for line in output.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        let passed = number_before(rest, " passed");
+        let failed = number_before(rest, " failed");
+        if let (Some(p), Some(f)) = (passed, failed) {
+            let t = total.get_or_insert(TestCounts {
+                passed: 0,
+                failed: 0,
+            });
+            t.passed = t.passed.saturating_add(p);
+            t.failed = t.failed.saturating_add(f);
+        }
+    }
+    total
+}
+
+/// `Ran 4 tests in 0.01s` then `OK`, `OK (skipped=1)` or `FAILED (failures=1, errors=1)`.
+fn unittest_counts(output: &str) -> Option<TestCounts> {
+    let mut lines = output.lines().map(str::trim);
+    let ran = lines.by_ref().find_map(|l| {
+        let rest = l.strip_prefix("Ran ")?;
+        let (n, tail) = rest.split_once(' ')?;
+        tail.starts_with("test").then(|| n.parse::<u32>().ok())?
+    })?;
+    let outcome = lines.find(|l| l.starts_with("OK") || l.starts_with("FAILED"))?;
+    let field = |name: &str| {
+        outcome
+            .split(['(', ')', ','])
+            .filter_map(|p| p.trim().strip_prefix(name)?.strip_prefix('='))
+            .filter_map(|n| n.trim().parse::<u32>().ok())
+            .sum::<u32>()
+    };
+    let failed = field("failures").saturating_add(field("errors"));
+    let skipped = field("skipped").saturating_add(field("expected failures"));
+    Some(TestCounts {
+        passed: ran.saturating_sub(failed).saturating_sub(skipped),
+        failed,
+    })
+}
+
+/// pytest's `1 failed, 3 passed, 1 error in 0.2s`, jest's `Tests: 1 failed, 3 passed, 4 total`:
+/// the last line that counts anything.
+fn generic_counts(output: &str) -> Option<TestCounts> {
+    output.lines().rev().find_map(|line| {
+        let passed = count_of(line, &["passed"]);
+        let failed = count_of(line, &["failed", "error", "errors"]);
+        (passed.is_some() || failed.is_some()).then(|| TestCounts {
+            passed: passed.unwrap_or(0),
+            failed: failed.unwrap_or(0),
+        })
+    })
+}
+
+/// The sum of `N word` for each of `words` in `line` (whole words only, so `xfailed` is not
+/// `failed`).
+fn count_of(line: &str, words: &[&str]) -> Option<u32> {
+    let tokens: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '=')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut total: Option<u32> = None;
+    for pair in tokens.windows(2) {
+        let word = pair[1].trim_end_matches(|c: char| !c.is_alphanumeric());
+        if words.contains(&word)
+            && let Ok(n) = pair[0].parse::<u32>()
+        {
+            total = Some(total.unwrap_or(0).saturating_add(n));
+        }
+    }
+    total
+}
+
+/// The number right before `suffix` in `text`, e.g. `5` in `ok. 5 passed;`.
+fn number_before(text: &str, suffix: &str) -> Option<u32> {
+    let end = text.find(suffix)?;
+    let digits: String = text[..end]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(passed: u32, failed: u32) -> Option<TestCounts> {
+        Some(TestCounts { passed, failed })
+    }
+
+    #[test]
+    fn summaries_of_common_runners_are_counted() {
+        let unittest_ok = "..\n----------------------------------------------------------------------\nRan 2 tests in 0.000s\n\nOK\n";
+        assert_eq!(parse_counts(unittest_ok), counts(2, 0));
+        let unittest_failed = "F.E\n======\nFAIL: test_x\n----\nRan 3 tests in 0.001s\n\nFAILED (failures=1, errors=1)\n";
+        assert_eq!(parse_counts(unittest_failed), counts(1, 2));
+        let unittest_skipped = "Ran 3 tests in 0.001s\n\nOK (skipped=1)\n";
+        assert_eq!(parse_counts(unittest_skipped), counts(2, 0));
+        let pytest = "..F\nFAILED test_a.py::test_x - assert 1 == 2\n1 failed, 2 passed, 1 xfailed in 0.05s\n";
+        assert_eq!(parse_counts(pytest), counts(2, 1));
+        let pytest_error = "E   SyntaxError: invalid syntax\n1 error in 0.03s\n";
+        assert_eq!(parse_counts(pytest_error), counts(0, 1));
+        let cargo = "test result: ok. 3 passed; 0 failed; 0 ignored\n\ntest result: FAILED. 1 passed; 2 failed; 0 ignored\n";
+        assert_eq!(parse_counts(cargo), counts(4, 2));
+        let jest = "Tests:       1 failed, 3 passed, 4 total\n";
+        assert_eq!(parse_counts(jest), counts(3, 1));
+        assert_eq!(parse_counts("Traceback (most recent call last):\n"), None);
+        assert_eq!(parse_counts(""), None);
+    }
+
+    #[test]
+    fn a_passing_run_outranks_a_failing_one_and_fewer_failures_outrank_more() {
+        let pass = |p| TestRun {
+            passed: true,
+            counts: counts(p, 0),
+        };
+        let fail = |p, f| TestRun {
+            passed: false,
+            counts: counts(p, f),
+        };
+        assert_eq!(pass(1).rank(&fail(9, 1)), Ordering::Greater);
+        assert_eq!(fail(3, 1).rank(&fail(5, 2)), Ordering::Greater);
+        assert_eq!(fail(3, 1).rank(&fail(2, 1)), Ordering::Greater);
+        assert_eq!(pass(5).rank(&pass(3)), Ordering::Greater);
+        assert_eq!(fail(0, 1).rank(&TestRun::broken()), Ordering::Greater);
+        assert_eq!(pass(2).rank(&pass(2)), Ordering::Equal);
+    }
+
+    fn round(round: u32, tests: Option<TestRun>) -> RoundResult {
+        RoundResult {
+            round,
+            commit: Some(format!("c{round}")),
+            tests,
+            high_findings: 0,
+            feedback: String::new(),
+            reverted_to: None,
+        }
+    }
+
+    #[test]
+    fn the_best_round_is_the_best_tested_and_the_later_among_equals() {
+        let pass = Some(TestRun {
+            passed: true,
+            counts: counts(2, 0),
+        });
+        let fail = Some(TestRun {
+            passed: false,
+            counts: counts(1, 1),
+        });
+        assert_eq!(best(&[]), None);
+        assert_eq!(best(&[round(1, None)]), None);
+        let rounds = [
+            round(1, fail),
+            round(2, pass),
+            round(3, fail),
+            round(4, None),
+        ];
+        assert_eq!(best(&rounds).map(|r| r.round), Some(2));
+        let rounds = [round(1, pass), round(2, fail), round(3, pass)];
+        assert_eq!(best(&rounds).map(|r| r.round), Some(3));
+        let mut undone = round(3, pass);
+        undone.reverted_to = Some(1);
+        assert_eq!(
+            best(&[round(1, pass), undone]).map(|r| r.round),
+            Some(1),
+            "an undone round is never the best"
+        );
+    }
+
+    #[test]
+    fn runs_describe_themselves_with_their_counts() {
+        let run = TestRun::from_output(false, "Ran 5 tests in 0.1s\n\nFAILED (failures=2)\n");
+        assert_eq!(run.describe(), "the tests fail (2 of 5 fail)");
+        assert_eq!(
+            TestRun::from_output(true, "3 passed in 0.1s").describe(),
+            "the tests pass (3 passed)"
+        );
+        assert_eq!(
+            TestRun::broken().describe(),
+            "the tests fail (no test summary)"
+        );
+    }
+}
