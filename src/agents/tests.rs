@@ -798,3 +798,31 @@ async fn a_cancelled_one_shot_request_drops_its_model_stream_and_says_so() {
         "the model stream was dropped"
     );
 }
+
+#[tokio::test]
+async fn engine_status_is_answered_by_its_id_and_a_back_end_without_figures_says_so() {
+    let dir = calc_repo();
+    let mut session = session(Scripted::new(&[]), dir.path(), config("true", 1));
+    session
+        .submit(Submission {
+            id: "s1".into(),
+            op: Op::EngineStatus,
+        })
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let e = tokio::time::timeout_at(deadline, session.next_event())
+            .await
+            .expect("an answer to the status request")
+            .expect("the session runs");
+        if e.id == "s1" {
+            break e;
+        }
+    };
+    match event.msg {
+        EventMsg::Error { message, .. } => {
+            assert!(message.contains("no engine figures"), "{message}")
+        }
+        other => panic!("expected the back end's refusal, got {other:?}"),
+    }
+}
