@@ -5,6 +5,8 @@
 //! The wire format is the protocol itself, one JSON object per line: the client writes a
 //! [`Submission`], the server writes back every [`Event`] of it (same id), ending with its
 //! `AskComplete`/`ExplainComplete`/`EditComplete` or `Error`. Only those three ops are served.
+//! A client keeps the connection open until its answers are complete: when it closes it (or
+//! dies), its unfinished requests are cancelled and their model sequences freed.
 //!
 //! A socket file nobody listens on (a killed server) is stale: the client and the next server
 //! remove it. The server removes its socket when it stops. Unix only (the module is compiled
@@ -185,7 +187,9 @@ mod unix {
                 }
             }
         }
+        // The client closed the connection (it is done, or it was stopped): stop writing to
+        // it. Dropping the event channel tells the server, which cancels what still runs.
         drop(tx);
-        let _ = writer.await;
+        writer.abort();
     }
 }
