@@ -1053,6 +1053,42 @@ fn an_unanswered_progress_token_is_never_begun() {
 
 #[cfg(unix)]
 #[test]
+fn review_through_a_running_server_prints_the_same_bytes_as_in_process() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let changed = MONEY.replace("return a + b", "return a - b");
+    std::fs::write(repo.path().join("src/money.py"), changed).unwrap();
+    let args = with(&model, &["review", "--format", "json"]);
+    let alone = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(alone.status.code(), Some(0), "{}", stderr(&alone));
+    assert!(!stderr(&alone).contains("running troupe lsp"));
+
+    let socket = repo.path().join(".troupe/editor.sock");
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    assert!(wait_for(&socket, SHORT), "troupe lsp listens on {socket:?}");
+    let served = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(served.status.code(), Some(0), "{}", stderr(&served));
+    assert!(
+        stderr(&served).contains("sent to the running troupe lsp"),
+        "{}",
+        stderr(&served)
+    );
+    let v: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(v["coverage"]["hunks_reviewed"], 1, "{v}");
+    assert_eq!(stdout(&served), stdout(&alone));
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+        SHORT,
+    );
+    lsp.request(2, "shutdown", Value::Null, SHORT);
+}
+
+#[cfg(unix)]
+#[test]
 fn a_one_shot_client_that_disconnects_has_its_request_cancelled_on_the_server() {
     let _guard = model_lock();
     let env = Env::new();
