@@ -293,7 +293,8 @@ fn bad_locations_are_rejected_with_the_fix_before_the_model_loads() {
     }
 }
 
-/// A language-server client over the child's stdio, every read bounded by a timeout.
+/// A language-server client over the child's stdio, every read bounded by a timeout. It answers
+/// the server's `window/workDoneProgress/create` requests as a client that shows progress does.
 struct Lsp {
     child: Child,
     stdin: ChildStdin,
@@ -353,15 +354,24 @@ impl Lsp {
         self.send_raw(&serde_json::to_vec(&message).unwrap());
     }
 
+    /// The next message from the server before `deadline`, after answering it if it asks to
+    /// create a progress token.
+    fn next(&mut self, deadline: std::time::Instant) -> Option<Value> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let m = self.messages.recv_timeout(left).ok()?;
+        if m["method"] == "window/workDoneProgress/create" {
+            self.send(json!({"jsonrpc": "2.0", "id": m["id"], "result": null}));
+        }
+        Some(m)
+    }
+
     /// The next message that is not a notification or request from the server.
     fn response(&mut self, limit: Duration) -> Value {
         let deadline = std::time::Instant::now() + limit;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
             let m = self
-                .messages
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no response from troupe lsp within {limit:?}"));
+                .next(deadline)
+                .unwrap_or_else(|| panic!("no response from troupe lsp within {limit:?}"));
             if m.get("method").is_none() {
                 return m;
             }
@@ -373,8 +383,7 @@ impl Lsp {
         let deadline = std::time::Instant::now() + limit;
         let mut seen = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let m = self.messages.recv_timeout(left).unwrap_or_else(|_| {
+            let m = self.next(deadline).unwrap_or_else(|| {
                 panic!("troupe lsp did not send the awaited message within {limit:?}: {seen:?}")
             });
             let last = done(&m);
@@ -692,6 +701,8 @@ fn review_file_publishes_diagnostics_for_its_uri_with_progress_and_again_on_save
         SHORT,
     );
     lsp.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    // The model loads (with its own progress) first.
+    lsp.until(MODEL_CALL, model_loaded);
 
     lsp.send(
         json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
@@ -760,6 +771,7 @@ fn a_cancelled_command_is_answered_request_cancelled_and_the_server_keeps_servin
                "capabilities": {"window": {"workDoneProgress": true}}}),
         SHORT,
     );
+    lsp.until(MODEL_CALL, model_loaded);
     // The client gives its own progress token.
     lsp.send(
         json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
@@ -808,4 +820,342 @@ fn a_cancelled_command_is_answered_request_cancelled_and_the_server_keeps_servin
     lsp.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 4}}));
     let r = lsp.request(5, "shutdown", Value::Null, SHORT);
     assert_eq!(r["result"], Value::Null, "{r}");
+}
+
+/// Waits for the server to exit, at most `limit`.
+fn exit_status(lsp: &mut Lsp, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = lsp.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "troupe lsp did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `m` is the server's note that the model finished loading.
+fn model_loaded(m: &Value) -> bool {
+    m["method"] == "window/logMessage"
+        && m["params"]["message"]
+            .as_str()
+            .is_some_and(|t| t.contains("loaded the model"))
+}
+
+/// The position of the first message `f` accepts.
+fn position(seen: &[Value], f: impl Fn(&Value) -> bool) -> usize {
+    seen.iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("an expected message is missing: {seen:?}"))
+}
+
+#[test]
+fn the_language_server_answers_while_the_model_loads_and_runs_queued_commands_after() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    let root = repo.path().canonicalize().unwrap();
+    let uri = format!("file://{}/src/money.py", root.display());
+    let range = json!({"start": {"line": 5, "character": 0}, "end": {"line": 7, "character": 0}});
+    // Everything is sent at once: the load starts with `initialize` and is still running when
+    // the server reads the rest.
+    lsp.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "processId": null, "rootUri": null, "capabilities": {"window": {"workDoneProgress": true}}}}));
+    lsp.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
+        "params": {"command": "troupe.explain", "arguments": [{"uri": uri, "range": range}]}}),
+    );
+    lsp.send(
+        json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+        "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": MONEY}}}),
+    );
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 3, "method": "textDocument/codeAction",
+        "params": {"textDocument": {"uri": uri}, "range": range, "context": {"diagnostics": []}}}),
+    );
+    lsp.send(json!({"jsonrpc": "2.0", "id": 4, "method": "troupe/status", "params": null}));
+    let seen = lsp.until(MODEL_CALL, |m| answers(m, 2));
+
+    let loaded = position(&seen, model_loaded);
+    let actions = position(&seen, |m| answers(m, 3));
+    let status = position(&seen, |m| answers(m, 4));
+    assert!(
+        actions < loaded && status < loaded,
+        "answered during the load: {seen:?}"
+    );
+    assert_eq!(seen[actions]["result"].as_array().unwrap().len(), 3);
+    assert_eq!(seen[status]["result"]["model"], "loading", "{seen:?}");
+    assert_eq!(seen[status]["result"]["commands"], 1, "{seen:?}");
+    // The queued command ran once the model was there.
+    let explained = seen.last().unwrap();
+    assert!(
+        !explained["result"]["explanation"]
+            .as_str()
+            .unwrap()
+            .is_empty(),
+        "{explained}"
+    );
+    assert_eq!(
+        explained["result"]["citations"][0],
+        json!({"path": "src/money.py", "start_line": 6, "end_line": 7})
+    );
+    // The load showed its own progress, begun only after the client created the token.
+    let creates: Vec<usize> = (0..seen.len())
+        .filter(|&i| seen[i]["method"] == "window/workDoneProgress/create")
+        .collect();
+    assert_eq!(creates.len(), 2, "the load's and the command's: {seen:?}");
+    let load_token = &seen[creates[0]]["params"]["token"];
+    let progress = progress_of(&seen, load_token);
+    assert_eq!(progress.len(), 2, "{seen:?}");
+    assert_eq!(progress[0]["kind"], "begin");
+    assert_eq!(progress[0]["title"], "troupe: loading the model");
+    assert_eq!(progress[1]["kind"], "end");
+    assert_eq!(progress[1]["message"], "loaded");
+
+    let r = lsp.request(5, "troupe/status", Value::Null, SHORT);
+    assert_eq!(r["result"]["model"], "ready", "{r}");
+    assert_eq!(r["result"]["commands"], 0, "{r}");
+    assert_eq!(r["result"]["engine"]["active_sequences"], 0, "{r}");
+    lsp.request(6, "shutdown", Value::Null, SHORT);
+    lsp.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    assert_eq!(
+        exit_status(&mut lsp, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_command_cancelled_during_the_load_is_answered_at_once_and_shutdown_does_not_wait() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    let root = repo.path().canonicalize().unwrap();
+    let uri = format!("file://{}/src/money.py", root.display());
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "processId": null, "rootUri": null, "capabilities": {}}}),
+    );
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
+        "params": {"command": "troupe.explain", "arguments": [{"uri": uri}]}}),
+    );
+    lsp.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
+    lsp.send(json!({"jsonrpc": "2.0", "id": 3, "method": "shutdown"}));
+    let seen = lsp.until(SHORT, |m| answers(m, 3));
+    let cancelled = position(&seen, |m| answers(m, 2));
+    assert_eq!(seen[cancelled]["error"]["code"], -32800, "{seen:?}");
+    assert!(
+        !seen.iter().any(model_loaded),
+        "answered before the model finished loading: {seen:?}"
+    );
+    lsp.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    assert_eq!(
+        exit_status(&mut lsp, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    // Request 2 got exactly one answer.
+    let rest: Vec<Value> = lsp.messages.try_iter().collect();
+    assert!(!rest.iter().any(|m| answers(m, 2)), "{rest:?}");
+}
+
+#[test]
+fn a_missing_model_is_shown_to_the_user_and_fails_the_commands_without_a_hang() {
+    let env = Env::new();
+    let repo = repo();
+    let missing = Path::new("/nonexistent/model.gguf");
+    let mut lsp = Lsp::start(&env, repo.path(), missing);
+    let root = repo.path().canonicalize().unwrap();
+    let uri = format!("file://{}/src/money.py", root.display());
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+        SHORT,
+    );
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
+        "params": {"command": "troupe.explain", "arguments": [{"uri": uri}]}}),
+    );
+    let seen = lsp.until(SHORT, |m| answers(m, 2));
+    let shown = seen
+        .iter()
+        .find(|m| m["method"] == "window/showMessage")
+        .unwrap_or_else(|| panic!("the failure is shown: {seen:?}"));
+    assert_eq!(shown["params"]["type"], 1, "an error: {shown}");
+    let text = shown["params"]["message"].as_str().unwrap();
+    assert!(
+        text.contains("/nonexistent/model.gguf") && text.contains("does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("troupe models pull"), "the fix: {text}");
+    let failed = seen.last().unwrap();
+    assert_eq!(failed["error"]["code"], -32803, "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/model.gguf"),
+        "{failed}"
+    );
+    // The next command tries again and fails the same way; the server keeps serving.
+    let r = lsp.request(
+        3,
+        "workspace/executeCommand",
+        json!({"command": "troupe.explain", "arguments": [{"uri": uri}]}),
+        SHORT,
+    );
+    assert_eq!(r["error"]["code"], -32803, "{r}");
+    let r = lsp.request(4, "troupe/status", Value::Null, SHORT);
+    assert_eq!(r["result"]["model"], "idle", "{r}");
+    lsp.request(5, "shutdown", Value::Null, SHORT);
+    lsp.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+    assert_eq!(exit_status(&mut lsp, SHORT).code(), Some(0));
+}
+
+#[test]
+fn an_unanswered_progress_token_is_never_begun() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    lsp.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "processId": null, "rootUri": null, "capabilities": {"window": {"workDoneProgress": true}}}}));
+    // Read without answering the server's requests.
+    let deadline = std::time::Instant::now() + MODEL_CALL;
+    let mut seen = Vec::new();
+    while !seen.iter().any(model_loaded) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        seen.push(
+            lsp.messages
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the model loads: {seen:?}")),
+        );
+    }
+    assert!(
+        seen.iter()
+            .any(|m| m["method"] == "window/workDoneProgress/create"),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|m| m["method"] == "$/progress"),
+        "no progress on a token the client did not create: {seen:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn review_through_a_running_server_prints_the_same_bytes_as_in_process() {
+    let _guard = model_lock();
+    let env = Env::new();
+    let repo = repo();
+    let model = test_model();
+    let changed = MONEY.replace("return a + b", "return a - b");
+    std::fs::write(repo.path().join("src/money.py"), changed).unwrap();
+    let args = with(&model, &["review", "--format", "json"]);
+    let alone = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(alone.status.code(), Some(0), "{}", stderr(&alone));
+    assert!(!stderr(&alone).contains("running troupe lsp"));
+
+    let socket = repo.path().join(".troupe/editor.sock");
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    assert!(wait_for(&socket, SHORT), "troupe lsp listens on {socket:?}");
+    let served = env.troupe(repo.path(), &strs(&args));
+    assert_eq!(served.status.code(), Some(0), "{}", stderr(&served));
+    assert!(
+        stderr(&served).contains("sent to the running troupe lsp"),
+        "{}",
+        stderr(&served)
+    );
+    let v: Value = serde_json::from_slice(&alone.stdout).unwrap();
+    assert_eq!(v["coverage"]["hunks_reviewed"], 1, "{v}");
+    assert_eq!(stdout(&served), stdout(&alone));
+    lsp.request(
+        1,
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+        SHORT,
+    );
+    lsp.request(2, "shutdown", Value::Null, SHORT);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_one_shot_client_that_disconnects_has_its_request_cancelled_on_the_server() {
+    let _guard = model_lock();
+    let env = Env::new();
+    // No answer cap: the explanation would run for many seconds.
+    let repo = fixture_repo(&[("src/money.py", MONEY)]);
+    let model = test_model();
+    let mut lsp = Lsp::start(&env, repo.path(), &model);
+    lsp.send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "processId": null, "rootUri": null, "capabilities": {}}}),
+    );
+    lsp.until(MODEL_CALL, model_loaded);
+
+    let mut client = env
+        .command(repo.path(), &["explain", "--file", "src/money.py"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn troupe explain");
+    // The explanation streams: the request is generating on the server.
+    let mut out = client.stdout.take().unwrap();
+    let (tx, first) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        let _ = tx.send(out.read(&mut byte).map(|n| n > 0).unwrap_or(false));
+        let mut rest = Vec::new();
+        let _ = out.read_to_end(&mut rest);
+    });
+    assert_eq!(
+        first.recv_timeout(MODEL_CALL),
+        Ok(true),
+        "the answer streams"
+    );
+    let r = lsp.request(2, "troupe/status", Value::Null, SHORT);
+    assert_eq!(r["result"]["remote_requests"], 1, "{r}");
+    assert_eq!(r["result"]["engine"]["active_sequences"], 1, "{r}");
+
+    // Ctrl-C on the client.
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(client.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + SHORT;
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the client stops");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+
+    // The server stops generating for nobody: the sequence is freed within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut id = 3;
+    let status = loop {
+        let r = lsp.request(id, "troupe/status", Value::Null, SHORT);
+        id += 1;
+        if r["result"]["engine"]["active_sequences"] == 0 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sequence was not freed: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["result"]["remote_requests"], 0, "{status}");
+    assert_eq!(status["result"]["remote_cancelled"], 1, "{status}");
+    lsp.request(id, "shutdown", Value::Null, SHORT);
 }

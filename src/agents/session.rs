@@ -452,6 +452,7 @@ async fn core(
                 });
                 track(&mut one_shots, id, handle);
             }
+            Op::EngineStatus => send(&id, metrics.snapshot()),
             Op::Cancel { id: target } => {
                 // Aborting the request's task drops its model streams; the engine frees them.
                 if let Some(handle) = one_shots.remove(&target)
@@ -580,6 +581,23 @@ impl MetricsReporter {
             backend,
             last: None,
             was_busy: false,
+        }
+    }
+
+    /// The engine's figures now, without a rate.
+    fn snapshot(&self) -> EventMsg {
+        match self.backend.metrics() {
+            Some(m) => EventMsg::EngineMetrics {
+                active_sequences: m.active_sequences as u32,
+                aggregate_tok_s: 0.0,
+                cached_prompt_tokens: m.prompt_tokens_cached,
+                kv_used: m.kv_cells_used as u32,
+                kv_total: m.kv_cells_total as u32,
+            },
+            None => EventMsg::Error {
+                message: "the model back end reports no engine figures".into(),
+                fix: None,
+            },
         }
     }
 

@@ -1146,3 +1146,31 @@ async fn a_high_finding_on_passing_code_gets_another_round_and_an_equally_tested
             .contains("The sum of a and b.")
     );
 }
+
+#[tokio::test]
+async fn engine_status_is_answered_by_its_id_and_a_back_end_without_figures_says_so() {
+    let dir = calc_repo();
+    let mut session = session(Scripted::new(&[]), dir.path(), config("true", 1));
+    session
+        .submit(Submission {
+            id: "s1".into(),
+            op: Op::EngineStatus,
+        })
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let e = tokio::time::timeout_at(deadline, session.next_event())
+            .await
+            .expect("an answer to the status request")
+            .expect("the session runs");
+        if e.id == "s1" {
+            break e;
+        }
+    };
+    match event.msg {
+        EventMsg::Error { message, .. } => {
+            assert!(message.contains("no engine figures"), "{message}")
+        }
+        other => panic!("expected the back end's refusal, got {other:?}"),
+    }
+}

@@ -1,10 +1,13 @@
 //! Reuse of a running instance: `troupe lsp` listens on a Unix domain socket in the repository's
-//! `.troupe/editor.sock`, and the one-shot commands (`ask`, `explain`, `edit`) send their
-//! request there when it answers, instead of loading the model again.
+//! `.troupe/editor.sock`, and the one-shot commands (`ask`, `explain`, `edit`, `review`) send
+//! their request there when it answers, instead of loading the model again.
 //!
 //! The wire format is the protocol itself, one JSON object per line: the client writes a
 //! [`Submission`], the server writes back every [`Event`] of it (same id), ending with its
-//! `AskComplete`/`ExplainComplete`/`EditComplete` or `Error`. Only those three ops are served.
+//! `AskComplete`/`ExplainComplete`/`EditComplete`/`ReviewComplete` or `Error`. Only those four
+//! ops are served.
+//! A client keeps the connection open until its answers are complete: when it closes it (or
+//! dies), its unfinished requests are cancelled and their model sequences freed.
 //!
 //! A socket file nobody listens on (a killed server) is stale: the client and the next server
 //! remove it. The server removes its socket when it stops. Unix only (the module is compiled
@@ -21,7 +24,10 @@ pub fn socket_path(repo: &Path) -> PathBuf {
 
 /// Whether `op` may be sent to a running instance.
 pub fn served(op: &Op) -> bool {
-    matches!(op, Op::Ask { .. } | Op::Explain { .. } | Op::Edit { .. })
+    matches!(
+        op,
+        Op::Ask { .. } | Op::Explain { .. } | Op::Edit { .. } | Op::Review { .. }
+    )
 }
 
 pub use unix::{Listener, Remote, Request, connect, listen};
@@ -167,8 +173,9 @@ mod unix {
                         id: submission.id,
                         agent: None,
                         msg: EventMsg::Error {
-                            message: "only ask, explain and edit are served over the editor socket"
-                                .into(),
+                            message:
+                                "only ask, explain, edit and review are served over the editor socket"
+                                    .into(),
                             fix: None,
                         },
                     });
@@ -185,7 +192,9 @@ mod unix {
                 }
             }
         }
+        // The client closed the connection (it is done, or it was stopped): stop writing to
+        // it. Dropping the event channel tells the server, which cancels what still runs.
         drop(tx);
-        let _ = writer.await;
+        writer.abort();
     }
 }

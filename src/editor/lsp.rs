@@ -17,19 +17,27 @@
 //!   `textDocument/didSave` reviews the file too.
 //!
 //! Long work reports `$/progress` (begin, report, end) when the client gives a `workDoneToken`
-//! or advertised `window.workDoneProgress` (then the server creates a token). `$/cancelRequest`
-//! of a running command stops its model requests (`Op::Cancel`) and answers it with
-//! RequestCancelled (-32800). Commands run on the session while the server keeps reading, so
-//! other requests are answered meanwhile.
+//! or advertised `window.workDoneProgress`: then the server asks the client to create a token
+//! (`window/workDoneProgress/create`) and begins only once the client has answered (a token
+//! left unanswered for 5 s, or refused, shows no progress). `$/cancelRequest` of a running
+//! command stops its model requests (`Op::Cancel`) and answers it with RequestCancelled
+//! (-32800). Commands run on the session while the server keeps reading, so other requests are
+//! answered meanwhile. `troupe/status` answers with the server's state: the model (`idle`,
+//! `loading`, `ready`), the commands and socket requests running, the socket requests cancelled
+//! because their client went away, and the engine's figures (`active_sequences`, ...).
 //!
-//! `range` is an LSP range; the whole lines it touches are used. The session (and the model)
-//! starts with the first command, so `initialize` answers at once; every command and every
-//! one-shot command over the socket shares that one model. Bad input (malformed JSON, an
-//! unknown method, bad parameters, a file outside the repository) gets a JSON-RPC error; the
-//! server keeps running.
+//! `range` is an LSP range; the whole lines it touches are used. The model loads in the
+//! background once `initialize` is answered (or with the first request over the socket), with
+//! its own progress and a `window/logMessage` when it is loaded; meanwhile every message is
+//! answered, commands wait in order for the model, a cancelled one is answered at once, and
+//! `shutdown`/`exit` do not wait for the load. A failed load (a missing model, ...) is shown
+//! with `window/showMessage` naming the model and the fix, fails the waiting commands, and the
+//! next command tries again. Every command and every one-shot command over the socket shares
+//! the one model. Bad input (malformed JSON, an unknown method, bad parameters, a file outside
+//! the repository) gets a JSON-RPC error; the server keeps running.
 //!
 //! Threading: one thread reads stdin and hands whole messages to the async loop, which alone
-//! writes stdout. Framing is done here (a few lines) rather than with `lsp-server`, whose reader
+//! writes stdout. The model loads on a task of its own, which `exit` abandons. Framing is done here (a few lines) rather than with `lsp-server`, whose reader
 //! stops at the first malformed message; `lsp-types` gives the message types.
 
 use std::collections::HashMap;
@@ -38,10 +46,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use lsp_types as lsp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::agents::target::Target;
 use crate::agents::{Session, SessionOptions};
@@ -54,6 +64,8 @@ use crate::protocol::{
 pub const EXPLAIN_COMMAND: &str = "troupe.explain";
 pub const EDIT_COMMAND: &str = "troupe.edit";
 pub const REVIEW_COMMAND: &str = "troupe.review";
+/// A request for the server's state (model, running work, the engine's figures).
+pub const STATUS_METHOD: &str = "troupe/status";
 
 /// The instruction of the "edit selection" code action when the client configures none
 /// (`initializationOptions.editInstruction`).
@@ -93,7 +105,10 @@ pub fn run(ctx: &Context) -> anyhow::Result<u8> {
         .context("starting the stdin reader")?;
     let options = SessionOptions::new(&repo, ctx.config.config.clone());
     let server = Server::new(repo, options, Box::new(std::io::stdout()));
-    runtime.block_on(server.serve(rx))
+    let code = runtime.block_on(server.serve(rx));
+    // A model load abandoned by `exit` runs on a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 /// One message read from the client.
@@ -205,8 +220,8 @@ struct Pending {
     base: String,
     /// Also show (explain) or apply (edit) in the client.
     act: bool,
-    /// The work-done progress token, when the client shows progress.
-    progress: Option<Value>,
+    /// Its work-done progress.
+    progress: Progress,
     /// Whether output has started streaming (reported once).
     streaming: bool,
 }
@@ -225,10 +240,68 @@ struct CommandArgs {
     apply: bool,
 }
 
+/// How long `begin` of a progress waits for the client's answer to
+/// `window/workDoneProgress/create`; without an answer by then, that progress is not shown.
+const PROGRESS_CREATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the session and loads the model (tests put in their own).
+type Starter = Box<dyn FnMut(SessionOptions) -> BoxFuture<'static, Result<Session, String>> + Send>;
+
+/// The session, as the server sees it.
+enum Model {
+    /// Not started: before `initialize` (or a request over the socket), or after a failed
+    /// load (the next command tries again).
+    Idle,
+    /// Loading in the background; what is submitted meanwhile waits in `queue`, in order.
+    Loading {
+        load: tokio::task::JoinHandle<Result<Session, String>>,
+        queue: Vec<Submission>,
+        since: Instant,
+    },
+    Ready(Session),
+}
+
+/// What the model's side brought.
+enum ModelInput {
+    /// The load ended.
+    Loaded(Result<Session, String>),
+    /// An event of the session; `None` when it stopped.
+    Event(Option<Event>),
+}
+
+/// A work-done progress the server shows.
+#[derive(Debug, Clone, PartialEq)]
+enum Progress {
+    /// None.
+    Off,
+    /// `window/workDoneProgress/create` was sent as request `request`; `begin` is sent once the
+    /// client answers it (before `deadline`).
+    Creating {
+        token: Value,
+        request: String,
+        deadline: Instant,
+        begin: Value,
+    },
+    /// `begin` was sent for this token.
+    On(Value),
+}
+
+impl Progress {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Progress::Creating { deadline, .. } => Some(*deadline),
+            Progress::Off | Progress::On(_) => None,
+        }
+    }
+}
+
 struct Server {
     repo: PathBuf,
     options: SessionOptions,
-    session: Option<Session>,
+    model: Model,
+    starter: Starter,
+    /// The model load's own progress.
+    load_progress: Progress,
     out: Box<dyn Write + Send>,
     initialized: bool,
     shutdown: bool,
@@ -238,17 +311,27 @@ struct Server {
     edit_instruction: String,
     /// The client shows `$/progress` it is asked to create (`window.workDoneProgress`).
     work_done_progress: bool,
+    create_timeout: Duration,
     /// Review a file when it is saved (`initializationOptions.reviewOnSave`).
     review_on_save: bool,
     /// Requests of one-shot commands over the socket: session id -> (their id, their events).
     remote: HashMap<String, (String, mpsc::UnboundedSender<Event>)>,
+    /// Requests over the socket cancelled because their client disconnected.
+    remote_cancelled: u64,
+    /// `troupe/status` requests waiting for the engine's figures: session id -> request id.
+    statuses: HashMap<String, Value>,
 }
 
 enum Input {
     Client(Option<Incoming>),
-    Session(Option<Event>),
+    Model(ModelInput),
     #[cfg(unix)]
     Remote(super::instance::Request),
+    /// The client of a request over the socket disconnected.
+    #[cfg(unix)]
+    Gone(String),
+    /// A progress token's creation is overdue.
+    CreateTimeout,
 }
 
 impl Server {
@@ -256,7 +339,9 @@ impl Server {
         Self {
             repo,
             options,
-            session: None,
+            model: Model::Idle,
+            starter: Box::new(|options| Box::pin(load(options))),
+            load_progress: Progress::Off,
             out,
             initialized: false,
             shutdown: false,
@@ -265,8 +350,11 @@ impl Server {
             next_id: 0,
             edit_instruction: DEFAULT_INSTRUCTION.into(),
             work_done_progress: false,
+            create_timeout: PROGRESS_CREATE_TIMEOUT,
             review_on_save: false,
             remote: HashMap::new(),
+            remote_cancelled: 0,
+            statuses: HashMap::new(),
         }
     }
 
@@ -277,17 +365,29 @@ impl Server {
             let (tx, requests) = mpsc::unbounded_channel();
             (super::instance::listen(&self.repo, tx).await, requests)
         };
+        #[cfg(unix)]
+        let (gone_tx, mut gone) = mpsc::unbounded_channel::<String>();
         loop {
+            let overdue = self.next_create_deadline();
+            let overdue = async move {
+                match overdue {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             #[cfg(unix)]
             let input = tokio::select! {
                 m = rx.recv() => Input::Client(m),
-                e = next_session_event(&mut self.session) => Input::Session(e),
+                m = next_model_input(&mut self.model) => Input::Model(m),
                 Some(r) = requests.recv() => Input::Remote(r),
+                Some(id) = gone.recv() => Input::Gone(id),
+                () = overdue => Input::CreateTimeout,
             };
             #[cfg(not(unix))]
             let input = tokio::select! {
                 m = rx.recv() => Input::Client(m),
-                e = next_session_event(&mut self.session) => Input::Session(e),
+                m = next_model_input(&mut self.model) => Input::Model(m),
+                () = overdue => Input::CreateTimeout,
             };
             match input {
                 Input::Client(None) => {
@@ -309,28 +409,22 @@ impl Server {
                     }
                 }
                 #[cfg(unix)]
-                Input::Remote(r) => self.on_remote(r).await,
-                Input::Session(Some(event)) => self.on_event(event)?,
-                Input::Session(None) => {
+                Input::Remote(r) => self.on_remote(r, &gone_tx)?,
+                #[cfg(unix)]
+                Input::Gone(sub_id) => self.on_gone(&sub_id),
+                Input::CreateTimeout => self.expire_creations(),
+                Input::Model(ModelInput::Loaded(result)) => self.on_loaded(result)?,
+                Input::Model(ModelInput::Event(Some(event))) => self.on_event(event)?,
+                Input::Model(ModelInput::Event(None)) => {
                     // The session stopped: fail whatever waits on it, start afresh next time.
-                    self.session = None;
-                    for (_, (id, reply)) in std::mem::take(&mut self.remote) {
-                        let msg = EventMsg::Error {
-                            message: "the running instance's session stopped".into(),
-                            fix: None,
-                        };
-                        let _ = reply.send(Event {
-                            id,
-                            agent: None,
-                            msg,
-                        });
-                    }
-                    for (_, p) in std::mem::take(&mut self.pending) {
-                        self.end_progress(&p, "the session stopped")?;
-                        if let Some(request) = p.request {
-                            let e = error_response(request, REQUEST_FAILED, "the session stopped");
-                            self.send(&e)?;
-                        }
+                    self.model = Model::Idle;
+                    let waiting: Vec<String> = (self.pending.keys())
+                        .chain(self.remote.keys())
+                        .chain(self.statuses.keys())
+                        .cloned()
+                        .collect();
+                    for sub_id in waiting {
+                        self.fail(&sub_id, "the session stopped")?;
                     }
                 }
             }
@@ -351,8 +445,12 @@ impl Server {
             .map(str::to_string);
         let params = obj.get("params").cloned().unwrap_or(Value::Null);
         let Some(method) = method else {
-            // A response to a request of ours (workspace/applyEdit), or garbage.
-            if id.is_some() && (obj.contains_key("result") || obj.contains_key("error")) {
+            // A response to a request of ours (workspace/applyEdit, workDoneProgress/create),
+            // or garbage.
+            if let Some(id) = &id
+                && (obj.contains_key("result") || obj.contains_key("error"))
+            {
+                self.on_response(id, obj.contains_key("error"))?;
                 return Ok(None);
             }
             let e = error_response(
@@ -387,6 +485,25 @@ impl Server {
                 Ok(()) => return Ok(()),
                 Err(e) => Err(e),
             },
+            STATUS_METHOD => match &self.model {
+                Model::Ready(session) => {
+                    self.next_id += 1;
+                    let sub_id = format!("status-{}", self.next_id);
+                    let asked = session.submit(Submission {
+                        id: sub_id.clone(),
+                        op: Op::EngineStatus,
+                    });
+                    match asked {
+                        // Answered when the engine's figures arrive.
+                        Ok(()) => {
+                            self.statuses.insert(sub_id, id);
+                            return Ok(());
+                        }
+                        Err(_) => Ok(self.status(Value::Null)),
+                    }
+                }
+                Model::Idle | Model::Loading { .. } => Ok(self.status(Value::Null)),
+            },
             other => Err((
                 METHOD_NOT_FOUND,
                 format!("method `{other}` is not supported"),
@@ -396,7 +513,12 @@ impl Server {
             Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
             Err((code, message)) => error_response(id, code, &message),
         };
-        self.send(&message)
+        self.send(&message)?;
+        if method == "initialize" {
+            // The model loads while the server keeps answering; commands wait for it.
+            self.start_load()?;
+        }
+        Ok(())
     }
 
     async fn on_notification(&mut self, method: &str, params: Value) -> anyhow::Result<Option<u8>> {
@@ -435,8 +557,10 @@ impl Server {
                 if let Some(uri) = params.pointer("/textDocument/uri").and_then(Value::as_str) {
                     let uri = uri.to_string();
                     if let Err((_, message)) = self.start(Kind::Review, None, uri, None).await {
-                        self.send(&json!({"jsonrpc": "2.0", "method": "window/showMessage",
-                            "params": {"type": 1, "message": format!("troupe review: {message}")}}))?;
+                        self.send(&show_message(
+                            lsp::MessageType::ERROR,
+                            &format!("troupe review: {message}"),
+                        ))?;
                     }
                 }
             }
@@ -449,6 +573,33 @@ impl Server {
             _ => {}
         }
         Ok(None)
+    }
+
+    /// The client answered a request of ours: a progress token may now begin (or never will).
+    fn on_response(&mut self, id: &Value, failed: bool) -> anyhow::Result<()> {
+        let Some(id) = id.as_str() else {
+            return Ok(());
+        };
+        let created =
+            |p: &Progress| matches!(p, Progress::Creating { request, .. } if request == id);
+        let progress = if created(&self.load_progress) {
+            &mut self.load_progress
+        } else {
+            match self.pending.values_mut().find(|p| created(&p.progress)) {
+                Some(p) => &mut p.progress,
+                None => return Ok(()),
+            }
+        };
+        let Progress::Creating { token, begin, .. } = std::mem::replace(progress, Progress::Off)
+        else {
+            return Ok(());
+        };
+        if failed {
+            tracing::info!("the client refused the progress token {token}");
+            return Ok(());
+        }
+        *progress = Progress::On(token.clone());
+        self.send(&progress_message(&token, begin))
     }
 
     fn initialize(&mut self, params: Value) -> Value {
@@ -659,39 +810,15 @@ impl Server {
                 },
             },
         };
-        self.ensure_session()
-            .await
-            .map_err(|m| (REQUEST_FAILED, m))?;
         self.next_id += 1;
         let sub_id = format!("lsp-{}", self.next_id);
-        let submitted = match &self.session {
-            Some(s) => s.submit(Submission {
-                id: sub_id.clone(),
-                op,
-            }),
-            None => return Err((REQUEST_FAILED, "the session did not start".into())),
-        };
-        submitted.map_err(|e| (REQUEST_FAILED, e.to_string()))?;
-        let progress = match token {
-            Some(t) => Some(t),
-            None if self.work_done_progress => {
-                let token = json!(format!("troupe-progress-{}", self.next_id));
-                let create = json!({"jsonrpc": "2.0", "id": format!("troupe-{}", self.next_id),
-                    "method": "window/workDoneProgress/create", "params": {"token": token}});
-                self.send(&create)
-                    .map_err(|e| (REQUEST_FAILED, e.to_string()))?;
-                Some(token)
-            }
-            None => None,
-        };
-        if let Some(token) = &progress {
-            let begin = json!({"kind": "begin", "title": kind.title(), "cancellable": true,
-                "message": file});
-            self.send(&progress_message(token, begin))
-                .map_err(|e| (REQUEST_FAILED, e.to_string()))?;
-        }
+        let begin = json!({"kind": "begin", "title": kind.title(), "cancellable": true,
+            "message": file});
+        let progress = self
+            .new_progress(token, begin)
+            .map_err(|e| (REQUEST_FAILED, e.to_string()))?;
         self.pending.insert(
-            sub_id,
+            sub_id.clone(),
             Pending {
                 kind,
                 request,
@@ -703,11 +830,21 @@ impl Server {
                 streaming: false,
             },
         );
+        if let Err(message) = self.submit(Submission {
+            id: sub_id.clone(),
+            op,
+        }) {
+            if let Some(p) = self.pending.remove(&sub_id) {
+                let _ = self.end_progress(&p, "failed");
+            }
+            return Err((REQUEST_FAILED, message));
+        }
         Ok(())
     }
 
     /// `$/cancelRequest`: stops the command that answers request `id` and answers it with
-    /// RequestCancelled. A request already answered is left alone.
+    /// RequestCancelled, at once, also while the model loads. A request already answered is
+    /// left alone.
     async fn cancel(&mut self, id: &Value) -> anyhow::Result<()> {
         let Some(sub_id) = self
             .pending
@@ -720,12 +857,7 @@ impl Server {
         let Some(p) = self.pending.remove(&sub_id) else {
             return Ok(());
         };
-        if let Some(s) = &self.session {
-            let _ = s.submit(Submission {
-                id: format!("cancel-{sub_id}"),
-                op: Op::Cancel { id: sub_id },
-            });
-        }
+        self.withdraw(&sub_id);
         self.end_progress(&p, "cancelled")?;
         self.send(&error_response(
             id.clone(),
@@ -734,14 +866,78 @@ impl Server {
         ))
     }
 
+    /// Takes back a submission: out of the queue while the model loads, else `Op::Cancel`
+    /// (its model requests stop and free their sequences).
+    fn withdraw(&mut self, sub_id: &str) {
+        match &mut self.model {
+            Model::Idle => {}
+            Model::Loading { queue, .. } => queue.retain(|s| s.id != sub_id),
+            Model::Ready(session) => {
+                let _ = session.submit(Submission {
+                    id: format!("cancel-{sub_id}"),
+                    op: Op::Cancel {
+                        id: sub_id.to_string(),
+                    },
+                });
+            }
+        }
+    }
+
+    /// A progress for a new piece of work: the client's own token (begun at once), a token
+    /// the server asks the client to create (begun once it answers), or none.
+    fn new_progress(&mut self, given: Option<Value>, begin: Value) -> anyhow::Result<Progress> {
+        if let Some(token) = given {
+            self.send(&progress_message(&token, begin))?;
+            return Ok(Progress::On(token));
+        }
+        if !self.work_done_progress {
+            return Ok(Progress::Off);
+        }
+        self.next_id += 1;
+        let token = json!(format!("troupe-progress-{}", self.next_id));
+        let request = format!("troupe-{}", self.next_id);
+        self.send(&json!({"jsonrpc": "2.0", "id": request,
+            "method": "window/workDoneProgress/create", "params": {"token": token}}))?;
+        Ok(Progress::Creating {
+            token,
+            request,
+            deadline: Instant::now() + self.create_timeout,
+            begin,
+        })
+    }
+
+    /// When the next unanswered progress creation is overdue.
+    fn next_create_deadline(&self) -> Option<Instant> {
+        std::iter::once(&self.load_progress)
+            .chain(self.pending.values().map(|p| &p.progress))
+            .filter_map(Progress::deadline)
+            .min()
+    }
+
+    /// Gives up the progress of every creation the client left unanswered past its deadline.
+    fn expire_creations(&mut self) {
+        let now = Instant::now();
+        let progresses = std::iter::once(&mut self.load_progress)
+            .chain(self.pending.values_mut().map(|p| &mut p.progress));
+        for progress in progresses {
+            if progress.deadline().is_some_and(|d| d <= now) {
+                tracing::info!(
+                    "no answer to window/workDoneProgress/create within {:?}; no progress shown",
+                    self.create_timeout
+                );
+                *progress = Progress::Off;
+            }
+        }
+    }
+
     /// Ends a command's progress, if it shows one.
     fn end_progress(&mut self, p: &Pending, message: &str) -> anyhow::Result<()> {
         match &p.progress {
-            Some(token) => self.send(&progress_message(
+            Progress::On(token) => self.send(&progress_message(
                 token,
                 json!({"kind": "end", "message": message}),
             )),
-            None => Ok(()),
+            Progress::Off | Progress::Creating { .. } => Ok(()),
         }
     }
 
@@ -750,7 +946,7 @@ impl Server {
         let Some(p) = self.pending.get_mut(sub_id) else {
             return Ok(());
         };
-        let Some(token) = p.progress.clone() else {
+        let Progress::On(token) = p.progress.clone() else {
             return Ok(());
         };
         let value = match msg {
@@ -772,51 +968,204 @@ impl Server {
         self.send(&progress_message(&token, value))
     }
 
-    /// Starts the session (and loads the model) if it is not running.
-    async fn ensure_session(&mut self) -> Result<(), String> {
-        if self.session.is_none() {
-            let session = Session::start(self.options.clone()).await.map_err(|e| {
-                match crate::agents::session::error_event(&e) {
-                    EventMsg::Error { fix: Some(fix), .. } => format!("{e}; {fix}"),
-                    _ => e.to_string(),
+    /// The model as configured (a catalog name or a path), for messages.
+    fn model_name(&self) -> String {
+        self.options.config.model.chat.clone()
+    }
+
+    /// Starts loading the model in the background, unless it is loading or loaded.
+    fn start_load(&mut self) -> anyhow::Result<()> {
+        if !matches!(self.model, Model::Idle) {
+            return Ok(());
+        }
+        let model = self.model_name();
+        tracing::info!("loading the model {model}");
+        let load = tokio::spawn((self.starter)(self.options.clone()));
+        self.model = Model::Loading {
+            load,
+            queue: Vec::new(),
+            since: Instant::now(),
+        };
+        let begin = json!({"kind": "begin", "title": "troupe: loading the model",
+            "cancellable": false, "message": model});
+        self.load_progress = self.new_progress(None, begin)?;
+        Ok(())
+    }
+
+    /// Sends a submission to the session: queued while the model loads (a load starts if
+    /// none runs). `Err` with the reason when the session cannot take it.
+    fn submit(&mut self, submission: Submission) -> Result<(), String> {
+        if matches!(self.model, Model::Idle) {
+            self.start_load().map_err(|e| e.to_string())?;
+        }
+        match &mut self.model {
+            Model::Ready(session) => session.submit(submission).map_err(|e| e.to_string()),
+            Model::Loading { queue, .. } => {
+                queue.push(submission);
+                Ok(())
+            }
+            Model::Idle => Err("the session did not start".into()),
+        }
+    }
+
+    /// The load ended: the queued submissions go to the session, or fail with the reason
+    /// (shown to the user too).
+    fn on_loaded(&mut self, result: Result<Session, String>) -> anyhow::Result<()> {
+        let Model::Loading { queue, since, .. } = std::mem::replace(&mut self.model, Model::Idle)
+        else {
+            return Ok(());
+        };
+        let model = self.model_name();
+        let progress = std::mem::replace(&mut self.load_progress, Progress::Off);
+        let end = |message: &str| match &progress {
+            Progress::On(token) => Some(progress_message(
+                token,
+                json!({"kind": "end", "message": message}),
+            )),
+            Progress::Off | Progress::Creating { .. } => None,
+        };
+        match result {
+            Ok(session) => {
+                let secs = since.elapsed().as_secs_f64();
+                tracing::info!("loaded the model {model} in {secs:.1} s");
+                if let Some(end) = end("loaded") {
+                    self.send(&end)?;
                 }
-            })?;
-            self.session = Some(session);
+                self.send(&log_message(
+                    lsp::MessageType::INFO,
+                    &format!("troupe: loaded the model {model} in {secs:.1} s"),
+                ))?;
+                let mut failed = Vec::new();
+                for submission in queue {
+                    let id = submission.id.clone();
+                    if let Err(e) = session.submit(submission) {
+                        failed.push((id, e.to_string()));
+                    }
+                }
+                self.model = Model::Ready(session);
+                for (id, message) in failed {
+                    self.fail(&id, &message)?;
+                }
+            }
+            Err(reason) => {
+                tracing::error!("cannot load the model {model}: {reason}");
+                if let Some(end) = end("failed") {
+                    self.send(&end)?;
+                }
+                let message = format!("troupe cannot load the model {model}: {reason}");
+                self.send(&show_message(lsp::MessageType::ERROR, &message))?;
+                for submission in queue {
+                    self.fail(&submission.id, &message)?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// A one-shot command's request over the socket: run on this session, events sent back.
-    #[cfg(unix)]
-    async fn on_remote(&mut self, r: super::instance::Request) {
-        let super::instance::Request { submission, reply } = r;
-        let fail = |message: String| {
-            let msg = EventMsg::Error { message, fix: None };
+    /// Answers whatever waits for submission `sub_id` with an error.
+    fn fail(&mut self, sub_id: &str, message: &str) -> anyhow::Result<()> {
+        if let Some((id, reply)) = self.remote.remove(sub_id) {
+            let msg = EventMsg::Error {
+                message: message.to_string(),
+                fix: None,
+            };
             let _ = reply.send(Event {
-                id: submission.id.clone(),
+                id,
                 agent: None,
                 msg,
             });
-        };
-        if let Err(message) = self.ensure_session().await {
-            return fail(message);
         }
+        if let Some(request) = self.statuses.remove(sub_id) {
+            let status = self.status(Value::Null);
+            self.send(&json!({"jsonrpc": "2.0", "id": request, "result": status}))?;
+        }
+        if let Some(p) = self.pending.remove(sub_id) {
+            self.end_progress(&p, "failed")?;
+            match p.request {
+                Some(request) => self.send(&error_response(request, REQUEST_FAILED, message))?,
+                None => self.send(&show_message(
+                    lsp::MessageType::ERROR,
+                    &format!("{}: {message}", p.kind.title()),
+                ))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to `troupe/status`, with the engine's figures when the model runs.
+    fn status(&self, engine: Value) -> Value {
+        let model = match self.model {
+            Model::Idle => "idle",
+            Model::Loading { .. } => "loading",
+            Model::Ready(_) => "ready",
+        };
+        json!({
+            "model": model,
+            "commands": self.pending.len(),
+            "remote_requests": self.remote.len(),
+            "remote_cancelled": self.remote_cancelled,
+            "engine": engine,
+        })
+    }
+
+    /// A one-shot command's request over the socket: run on this session, events sent back.
+    /// When its client disconnects, `gone` hears of it and the request is cancelled.
+    #[cfg(unix)]
+    fn on_remote(
+        &mut self,
+        r: super::instance::Request,
+        gone: &mpsc::UnboundedSender<String>,
+    ) -> anyhow::Result<()> {
+        let super::instance::Request { submission, reply } = r;
         self.next_id += 1;
         let sub_id = format!("socket-{}", self.next_id);
-        let sent = match &self.session {
-            Some(s) => s.submit(Submission {
-                id: sub_id.clone(),
-                op: submission.op.clone(),
-            }),
-            None => return fail("the session did not start".into()),
-        };
-        if let Err(e) = sent {
-            return fail(e.to_string());
+        let (watch, gone, watched) = (reply.clone(), gone.clone(), sub_id.clone());
+        tokio::spawn(async move {
+            watch.closed().await;
+            let _ = gone.send(watched);
+        });
+        self.remote
+            .insert(sub_id.clone(), (submission.id.clone(), reply));
+        if let Err(message) = self.submit(Submission {
+            id: sub_id.clone(),
+            op: submission.op,
+        }) {
+            self.fail(&sub_id, &message)?;
         }
-        self.remote.insert(sub_id, (submission.id, reply));
+        Ok(())
+    }
+
+    /// The client of request `sub_id` over the socket disconnected: stop generating for it.
+    #[cfg(unix)]
+    fn on_gone(&mut self, sub_id: &str) {
+        if self.remote.remove(sub_id).is_none() {
+            return;
+        }
+        tracing::info!("the client of {sub_id} disconnected; cancelling its request");
+        self.remote_cancelled += 1;
+        self.withdraw(sub_id);
     }
 
     fn on_event(&mut self, event: Event) -> anyhow::Result<()> {
+        if let Some(request) = self.statuses.remove(&event.id) {
+            let engine = match &event.msg {
+                EventMsg::EngineMetrics {
+                    active_sequences,
+                    cached_prompt_tokens,
+                    kv_used,
+                    kv_total,
+                    ..
+                } => json!({
+                    "active_sequences": active_sequences,
+                    "cached_prompt_tokens": cached_prompt_tokens,
+                    "kv_used": kv_used,
+                    "kv_total": kv_total,
+                }),
+                _ => Value::Null,
+            };
+            let status = self.status(engine);
+            return self.send(&json!({"jsonrpc": "2.0", "id": request, "result": status}));
+        }
         if let Some((id, reply)) = self.remote.get(&event.id) {
             let last = is_final(&event.msg);
             let _ = reply.send(Event {
@@ -895,9 +1244,16 @@ impl Server {
         write_frame(&mut self.out, message).context("writing to the client (stdout)")
     }
 
+    /// Stops the session: a load is abandoned (nothing waits for it), a running session shuts
+    /// down (bounded).
     async fn stop_session(&mut self) {
-        let Some(mut session) = self.session.take() else {
-            return;
+        let mut session = match std::mem::replace(&mut self.model, Model::Idle) {
+            Model::Idle => return,
+            Model::Loading { load, .. } => {
+                load.abort();
+                return;
+            }
+            Model::Ready(session) => session,
         };
         let _ = session.submit(Submission {
             id: "shutdown".into(),
@@ -926,11 +1282,35 @@ fn is_final(msg: &EventMsg) -> bool {
     )
 }
 
-async fn next_session_event(session: &mut Option<Session>) -> Option<Event> {
-    match session {
-        Some(s) => s.next_event().await,
-        None => std::future::pending().await,
+/// Starts the session, loading the model; the error says what failed and the fix.
+async fn load(options: SessionOptions) -> Result<Session, String> {
+    Session::start(options)
+        .await
+        .map_err(|e| match crate::agents::session::error_event(&e) {
+            EventMsg::Error { fix: Some(fix), .. } => format!("{e}; {fix}"),
+            _ => e.to_string(),
+        })
+}
+
+async fn next_model_input(model: &mut Model) -> ModelInput {
+    match model {
+        Model::Idle => std::future::pending().await,
+        Model::Loading { load, .. } => ModelInput::Loaded(match load.await {
+            Ok(result) => result,
+            Err(e) => Err(format!("loading the model stopped: {e}")),
+        }),
+        Model::Ready(session) => ModelInput::Event(session.next_event().await),
     }
+}
+
+fn show_message(kind: lsp::MessageType, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "method": "window/showMessage",
+        "params": {"type": kind, "message": message}})
+}
+
+fn log_message(kind: lsp::MessageType, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "method": "window/logMessage",
+        "params": {"type": kind, "message": message}})
 }
 
 fn progress_message(token: &Value, value: Value) -> Value {
@@ -1095,9 +1475,242 @@ fn relative_to(repo: &Path, path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     fn pos(line: u32, character: u32) -> lsp::Position {
         lsp::Position { line, character }
+    }
+
+    /// What the server writes, kept for the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A server on a temporary repository whose model load is `starter`, fed by the test.
+    struct Harness {
+        tx: mpsc::UnboundedSender<Incoming>,
+        out: Captured,
+        server: tokio::task::JoinHandle<anyhow::Result<u8>>,
+        uri: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        fn start(starter: Starter) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("a.py"), "x = 1\ny = 2\n").unwrap();
+            let uri = format!("file://{}/a.py", dir.path().display());
+            let mut config = crate::config::Config::default();
+            config.model.chat = "/models/m.gguf".into();
+            let options = SessionOptions::new(dir.path(), config);
+            let out = Captured::default();
+            let mut server = Server::new(dir.path().to_path_buf(), options, Box::new(out.clone()));
+            server.starter = starter;
+            server.create_timeout = Duration::from_millis(200);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let server = tokio::spawn(server.serve(rx));
+            Harness {
+                tx,
+                out,
+                server,
+                uri,
+                _dir: dir,
+            }
+        }
+
+        fn send(&self, message: Value) {
+            self.tx.send(Incoming::Message(message)).unwrap();
+        }
+
+        fn explain(&self, id: u64) {
+            self.send(
+                json!({"jsonrpc": "2.0", "id": id, "method": "workspace/executeCommand",
+                "params": {"command": "troupe.explain", "arguments": [{"uri": self.uri}]}}),
+            );
+        }
+
+        fn messages(&self) -> Vec<Value> {
+            let bytes = self.out.0.lock().unwrap().clone();
+            let mut r = &bytes[..];
+            let mut all = Vec::new();
+            while let Some(Ok(body)) = read_frame(&mut r).unwrap() {
+                all.push(serde_json::from_slice(&body).unwrap());
+            }
+            all
+        }
+
+        /// Every message so far, once one `done` accepts has come (within 10 s).
+        async fn until(&self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let all = self.messages();
+                if all.iter().any(&done) {
+                    return all;
+                }
+                assert!(Instant::now() < deadline, "not sent: {all:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        async fn exit_code(self) -> u8 {
+            self.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+            tokio::time::timeout(Duration::from_secs(10), self.server)
+                .await
+                .expect("the server exits at once")
+                .unwrap()
+                .unwrap()
+        }
+    }
+
+    fn answers(m: &Value, id: u64) -> bool {
+        m.get("method").is_none() && m["id"] == id
+    }
+
+    /// A load that never ends, counting its starts.
+    fn endless(starts: Arc<AtomicUsize>) -> Starter {
+        Box::new(move |_| {
+            starts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        })
+    }
+
+    fn initialize(progress: bool) -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "capabilities": {"window": {"workDoneProgress": progress}}}})
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_and_commands_cancelled_while_the_model_loads() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let h = Harness::start(endless(starts.clone()));
+        h.send(initialize(false));
+        h.explain(2);
+        h.send(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "textDocument/codeAction",
+            "params": {"textDocument": {"uri": h.uri}, "context": {"diagnostics": []},
+            "range": {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}}}}),
+        );
+        h.send(json!({"jsonrpc": "2.0", "id": 4, "method": STATUS_METHOD}));
+        let seen = h.until(|m| answers(m, 4)).await;
+        let actions = seen.iter().find(|m| answers(m, 3)).unwrap();
+        assert_eq!(actions["result"].as_array().unwrap().len(), 3, "{seen:?}");
+        let status = &seen.iter().find(|m| answers(m, 4)).unwrap()["result"];
+        assert_eq!(status["model"], "loading");
+        assert_eq!(status["commands"], 1);
+        assert!(!seen.iter().any(|m| answers(m, 2)), "{seen:?}");
+
+        h.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
+        h.send(json!({"jsonrpc": "2.0", "id": 5, "method": "shutdown"}));
+        let seen = h.until(|m| answers(m, 5)).await;
+        let cancelled = seen.iter().find(|m| answers(m, 2)).unwrap();
+        assert_eq!(cancelled["error"]["code"], REQUEST_CANCELLED);
+        assert_eq!(h.exit_code().await, exit::OK);
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            1,
+            "one load, started by initialize"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_shown_and_fails_what_waits_for_it() {
+        let (open, gate) = tokio::sync::oneshot::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some(gate)));
+        let h = Harness::start(Box::new(move |_| {
+            let gate = gate.lock().unwrap().take();
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                Err("model file /models/m.gguf does not exist; run `troupe models pull`".into())
+            })
+        }));
+        h.send(initialize(false));
+        h.explain(2);
+        h.send(json!({"jsonrpc": "2.0", "id": 3, "method": STATUS_METHOD}));
+        let seen = h.until(|m| answers(m, 3)).await;
+        assert!(!seen.iter().any(|m| answers(m, 2)), "waits for the load");
+        open.send(()).unwrap();
+        let seen = h.until(|m| answers(m, 2)).await;
+        let shown = seen
+            .iter()
+            .position(|m| m["method"] == "window/showMessage")
+            .unwrap_or_else(|| panic!("{seen:?}"));
+        assert_eq!(seen[shown]["params"]["type"], 1);
+        let text = seen[shown]["params"]["message"].as_str().unwrap();
+        assert!(
+            text.starts_with("troupe cannot load the model /models/m.gguf: ")
+                && text.contains("troupe models pull"),
+            "{text}"
+        );
+        let failed = seen.iter().position(|m| answers(m, 2)).unwrap();
+        assert!(shown < failed);
+        assert_eq!(seen[failed]["error"]["code"], REQUEST_FAILED);
+        assert_eq!(seen[failed]["error"]["message"], text);
+
+        // The next command loads again (and fails again); the server keeps serving.
+        h.explain(4);
+        let seen = h.until(|m| answers(m, 4)).await;
+        let again = seen.iter().find(|m| answers(m, 4)).unwrap();
+        assert_eq!(again["error"]["code"], REQUEST_FAILED);
+        h.send(json!({"jsonrpc": "2.0", "id": 5, "method": STATUS_METHOD}));
+        let seen = h.until(|m| answers(m, 5)).await;
+        assert_eq!(seen.last().unwrap()["result"]["model"], "idle");
+        h.send(json!({"jsonrpc": "2.0", "id": 6, "method": "shutdown"}));
+        h.until(|m| answers(m, 6)).await;
+        assert_eq!(h.exit_code().await, exit::OK);
+    }
+
+    #[tokio::test]
+    async fn progress_begins_only_once_the_client_created_its_token_in_time() {
+        let h = Harness::start(endless(Arc::default()));
+        h.send(initialize(true));
+        let creating = |m: &Value| m["method"] == "window/workDoneProgress/create";
+        let seen = h.until(creating).await;
+        let load = seen.iter().find(|m| creating(m)).unwrap().clone();
+        h.explain(2);
+        let seen = h.until(|m| creating(m) && m["id"] != load["id"]).await;
+        let command = seen.iter().rfind(|m| creating(m)).unwrap().clone();
+        assert!(
+            !seen.iter().any(|m| m["method"] == "$/progress"),
+            "{seen:?}"
+        );
+
+        // The command's token is created in time: its progress begins.
+        h.send(json!({"jsonrpc": "2.0", "id": command["id"], "result": null}));
+        let token = command["params"]["token"].clone();
+        let begun = |m: &Value| m["method"] == "$/progress" && m["params"]["token"] == token;
+        let seen = h.until(begun).await;
+        let begin = &seen.iter().find(|m| begun(m)).unwrap()["params"]["value"];
+        assert_eq!(begin["kind"], "begin");
+        assert_eq!(begin["title"], "troupe: explain");
+
+        // The load's token is answered after the timeout: its progress never begins.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        h.send(json!({"jsonrpc": "2.0", "id": load["id"], "result": null}));
+        h.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}));
+        let seen = h.until(|m| answers(m, 2)).await;
+        let load_token = &load["params"]["token"];
+        assert!(
+            !seen
+                .iter()
+                .any(|m| m["params"]["token"] == *load_token && m["method"] == "$/progress"),
+            "{seen:?}"
+        );
+        let ends: Vec<&Value> = seen.iter().filter(|m| begun(m)).collect();
+        assert_eq!(ends.len(), 2, "begin and end: {seen:?}");
+        assert_eq!(ends[1]["params"]["value"]["kind"], "end");
+        assert_eq!(h.exit_code().await, exit::NEGATIVE, "exit without shutdown");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use anyhow::{Context as _, bail};
 use crate::agents::target::{LocationError, Target, write_if_unchanged};
 use crate::agents::{Session, SessionOptions};
 use crate::commands::{Context, exit};
+use crate::config::Config;
 use crate::protocol::{Citation, Event, EventMsg, Op, RequestStats, Submission};
 
 /// Where in a file a question points.
@@ -209,10 +210,11 @@ fn one_shot(
             id: "editor".into(),
             op,
         };
-        let mut link = Link::open(ctx, repo, &submission).await?;
+        let mut link = Link::open(repo, &ctx.config.config, &submission).await?;
         let mut out = std::io::stdout().lock();
         loop {
-            let Some(event) = link.next_event().await? else {
+            // A generous bound: a slow CPU answers at a few tokens per second.
+            let Some(event) = link.next_event(Duration::from_secs(1800)).await? else {
                 bail!("the session ended before the answer was complete");
             };
             if event.id != "editor" {
@@ -233,45 +235,74 @@ fn one_shot(
     })
 }
 
-/// Where a one-shot request runs: a running instance, or a session of this process.
-enum Link {
+/// Where a one-shot request (ask, explain, edit, review) runs: the running instance of the
+/// repository (`troupe lsp`, through [`instance`]) when one listens, else a session started in
+/// this process. Either way the same events come back, so what a command prints does not
+/// depend on where it ran.
+pub struct Link(LinkTo);
+
+enum LinkTo {
     #[cfg(unix)]
     Remote(instance::Remote),
     Local(Box<Session>),
 }
 
 impl Link {
-    /// Sends `submission` to the running instance if there is one, else starts a session.
-    async fn open(ctx: &Context, repo: &Path, submission: &Submission) -> anyhow::Result<Link> {
+    /// Sends `submission` to the running instance if there is one, else starts a session with
+    /// `config` (loading the model) and submits it there.
+    pub async fn open(
+        repo: &Path,
+        config: &Config,
+        submission: &Submission,
+    ) -> anyhow::Result<Link> {
         #[cfg(unix)]
         if let Some(mut remote) = instance::connect(repo).await {
             match remote.submit(submission).await {
                 Ok(()) => {
                     tracing::info!("sent to the running instance of {}", repo.display());
-                    return Ok(Link::Remote(remote));
+                    return Ok(Link(LinkTo::Remote(remote)));
                 }
                 Err(e) => tracing::info!("the running instance did not take the request: {e}"),
             }
         }
-        let options = SessionOptions::new(repo, ctx.config.config.clone());
+        let options = SessionOptions::new(repo, config.clone());
         let session = Session::start(options).await?;
         session.submit(submission.clone())?;
-        Ok(Link::Local(Box::new(session)))
+        Ok(Link(LinkTo::Local(Box::new(session))))
     }
 
-    /// The next event, with a generous bound: a slow CPU answers at a few tokens per second.
-    async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
-        let limit = Duration::from_secs(1800);
-        let late = "no answer from the model for 30 minutes";
-        match self {
+    /// Whether the request went to a running instance.
+    pub fn is_remote(&self) -> bool {
+        match self.0 {
             #[cfg(unix)]
-            Link::Remote(r) => tokio::time::timeout(limit, r.next_event())
+            LinkTo::Remote(_) => true,
+            LinkTo::Local(_) => false,
+        }
+    }
+
+    /// The next event; `None` when the session or the connection ended; an error when none
+    /// came within `limit`.
+    pub async fn next_event(&mut self, limit: Duration) -> anyhow::Result<Option<Event>> {
+        let late = || format!("no answer from the model for {} s", limit.as_secs());
+        match &mut self.0 {
+            #[cfg(unix)]
+            LinkTo::Remote(r) => tokio::time::timeout(limit, r.next_event())
                 .await
-                .context(late)?
+                .with_context(late)?
                 .context("reading from the running troupe instance"),
-            Link::Local(s) => tokio::time::timeout(limit, s.next_event())
+            LinkTo::Local(s) => tokio::time::timeout(limit, s.next_event())
                 .await
-                .context(late),
+                .with_context(late),
+        }
+    }
+
+    /// Ends a session started here (a running instance carries on).
+    pub fn finish(&self) {
+        if let LinkTo::Local(s) = &self.0 {
+            let _ = s.submit(Submission {
+                id: "end".into(),
+                op: Op::Shutdown,
+            });
         }
     }
 }

@@ -2,7 +2,10 @@
 //! (for a pull-request comment), JSON, SARIF 2.1.0 or GitHub workflow annotations.
 //!
 //! Every format is a pure function of the [`ReviewReport`], which holds no timings: the same
-//! inputs give the same bytes. Progress and timings go to stderr.
+//! inputs give the same bytes. Progress and timings go to stderr. When a `troupe lsp` of the
+//! repository runs, the review runs there (its model is loaded already) through
+//! [`crate::editor::Link`]; the report comes back as the same protocol event, so the output is
+//! the one an in-process review prints.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -13,9 +16,9 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use crate::agents::review::{CATEGORIES, verdict};
-use crate::agents::{Session, SessionOptions};
 use crate::commands::{Context, exit};
 use crate::config::FailOn;
+use crate::editor::Link;
 use crate::protocol::{
     CoverageStatus, EventMsg, Finding, Op, ReviewHead, ReviewReport, ReviewSpec, Severity,
     Submission,
@@ -103,18 +106,23 @@ pub fn run(ctx: &Context, args: &ReviewArgs) -> anyhow::Result<u8> {
     };
     let started = Instant::now();
     let report = runtime.block_on(async {
-        let options = SessionOptions::new(&repo, config.clone());
-        let mut session = Session::start(options).await?;
-        session.submit(Submission {
+        let submission = Submission {
             id: "review".into(),
             op: Op::Review { spec },
-        })?;
+        };
+        // A running `troupe lsp` of the repository reviews with its loaded model; the report
+        // (and so every format) comes back the same as from a session of this process.
+        let mut link = Link::open(&repo, config, &submission).await?;
+        if link.is_remote() {
+            eprintln!("review: sent to the running troupe lsp of this repository");
+        }
         let mut err = std::io::stderr();
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(3 * 3600), session.next_event())
+            let Some(event) = link
+                .next_event(Duration::from_secs(3 * 3600))
                 .await
-                .context("the review made no progress for three hours")?;
-            let Some(event) = next else {
+                .context("the review made no progress")?
+            else {
                 bail!("the session ended before the review was complete");
             };
             match event.msg {
@@ -132,10 +140,7 @@ pub fn run(ctx: &Context, args: &ReviewArgs) -> anyhow::Result<u8> {
                     let _ = writeln!(err, "review: {done}/{total} requests answered");
                 }
                 EventMsg::ReviewComplete { report } => {
-                    let _ = session.submit(Submission {
-                        id: "end".into(),
-                        op: Op::Shutdown,
-                    });
+                    link.finish();
                     return Ok(*report);
                 }
                 EventMsg::Error { message, fix } => match fix {

@@ -101,6 +101,10 @@ pub enum Op {
     /// model requests end and it answers with an `Error` saying it was cancelled. Unknown or
     /// finished ids are ignored.
     Cancel { id: String },
+    /// Report the engine's figures now (answered by `EngineMetrics` with this submission's id;
+    /// its `aggregate_tok_s` is 0 in such a snapshot), e.g. to see that a cancelled request
+    /// freed its sequence. A back end without figures answers with an `Error`.
+    EngineStatus,
 }
 
 /// A saved task, as listings show it.
