@@ -165,6 +165,15 @@ fn session(backend: Arc<dyn Backend>, repo: &Path, config: Config) -> Session {
 
 /// Submits `op`, reads events until the task completes (then shuts the session down) or until
 /// `limit` passes (a failure).
+/// Runs one task from `text` to its end (no round limit override).
+async fn run_task(session: &mut Session, text: &str, limit: Duration) -> Vec<Event> {
+    let op = Op::UserTask {
+        text: text.into(),
+        max_rounds: None,
+    };
+    run_to_end(session, op, limit).await
+}
+
 async fn run_to_end(session: &mut Session, op: Op, limit: Duration) -> Vec<Event> {
     session
         .submit(Submission {
@@ -315,15 +324,7 @@ async fn malformed_calls_failed_edits_and_escaping_paths_go_back_to_the_model() 
         dir.path(),
         config("python3 -m unittest -q", 2),
     );
-    let events = run_to_end(
-        &mut s,
-        Op::UserTask {
-            text: "make add return the sum".into(),
-            max_rounds: None,
-        },
-        Duration::from_secs(60),
-    )
-    .await;
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let writer = tool_ends(&events, "writer");
     assert!(
@@ -433,15 +434,7 @@ async fn a_test_command_that_hangs_is_killed_and_the_task_ends_at_its_budget() {
     c.agents.command_timeout_secs = 1;
     let mut s = session(backend, dir.path(), c);
     let started = std::time::Instant::now();
-    let events = run_to_end(
-        &mut s,
-        Op::UserTask {
-            text: "fix add".into(),
-            max_rounds: None,
-        },
-        Duration::from_secs(30),
-    )
-    .await;
+    let events = run_task(&mut s, "fix add", Duration::from_secs(30)).await;
     assert_eq!(check_events(&events), TaskOutcome::BudgetExhausted);
     assert!(events.iter().any(|e| matches!(
         e.msg,
@@ -631,12 +624,9 @@ async fn the_tiny_model_runs_a_task_to_a_clean_end_in_a_worktree() {
     c.agents.max_tokens = 48;
     c.engine.ctx_per_seq = 2048;
     let mut s = session(Arc::new(engine), dir.path(), c);
-    let events = run_to_end(
+    let events = run_task(
         &mut s,
-        Op::UserTask {
-            text: "Fix add in calc.py so it returns the sum.".into(),
-            max_rounds: None,
-        },
+        "Fix add in calc.py so it returns the sum.",
         Duration::from_secs(90),
     )
     .await;
@@ -938,15 +928,7 @@ async fn rounds_that_break_passing_tests_are_undone_and_the_task_ends_with_the_b
         ("reviewer", &[&review("high", "add may overflow")]),
     ]);
     let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
-    let events = run_to_end(
-        &mut s,
-        Op::UserTask {
-            text: "make add return the sum".into(),
-            max_rounds: None,
-        },
-        Duration::from_secs(60),
-    )
-    .await;
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::BudgetExhausted);
     let tests: Vec<(u32, Option<bool>)> = events
         .iter()
@@ -1056,15 +1038,7 @@ async fn a_first_round_that_passes_the_tests_with_no_high_finding_ends_the_task(
         ),
     ]);
     let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
-    let events = run_to_end(
-        &mut s,
-        Op::UserTask {
-            text: "make add return the sum".into(),
-            max_rounds: None,
-        },
-        Duration::from_secs(60),
-    )
-    .await;
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let rounds = events
         .iter()
@@ -1114,15 +1088,7 @@ async fn a_high_finding_on_passing_code_gets_another_round_and_an_equally_tested
         ),
     ]);
     let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
-    let events = run_to_end(
-        &mut s,
-        Op::UserTask {
-            text: "make add return the sum".into(),
-            max_rounds: None,
-        },
-        Duration::from_secs(60),
-    )
-    .await;
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let prompts = writer_prompts(&backend);
     assert_eq!(prompts.len(), 2);
