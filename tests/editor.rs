@@ -15,6 +15,12 @@ use crate::common::{Env, fixture_repo, model_lock, stderr, stdout, test_model};
 const MONEY: &str = "def add_cents(a, b):\n    \"\"\"Adds two amounts given in cents.\"\"\"\n    return a + b\n\n\ndef format_cents(c):\n    return f\"{c // 100}.{c % 100:02d}\"\n\n\ndef parse_cents(text):\n    units, cents = text.split(\".\")\n    return int(units) * 100 + int(cents)\n";
 
 /// A fixture repository; answers are capped at a few tokens so the tiny model is quick.
+/// The `file://` URI of the fixture's `src/money.py`, as an editor sends it.
+fn money_uri(repo: &Path) -> String {
+    let root = repo.canonicalize().unwrap();
+    format!("file://{}/src/money.py", root.display())
+}
+
 fn repo() -> tempfile::TempDir {
     fixture_repo(&[
         ("src/money.py", MONEY),
@@ -419,8 +425,7 @@ fn the_language_server_explains_and_edits_open_buffers_and_exits_cleanly() {
     let repo = repo();
     let model = test_model();
     let mut lsp = Lsp::start(&env, repo.path(), &model);
-    let root = repo.path().canonicalize().unwrap();
-    let uri = format!("file://{}/src/money.py", root.display());
+    let uri = money_uri(repo.path());
 
     // Before initialize: refused, not crashed.
     let r = lsp.request(1, "textDocument/codeAction", json!({}), SHORT);
@@ -690,8 +695,7 @@ fn review_file_publishes_diagnostics_for_its_uri_with_progress_and_again_on_save
     std::fs::write(repo.path().join("README.md"), "# shop\n\nChanged.\n").unwrap();
     let lines = changed.lines().count() as u64;
     let mut lsp = Lsp::start(&env, repo.path(), &model);
-    let root = repo.path().canonicalize().unwrap();
-    let uri = format!("file://{}/src/money.py", root.display());
+    let uri = money_uri(repo.path());
     lsp.request(
         1,
         "initialize",
@@ -762,8 +766,7 @@ fn a_cancelled_command_is_answered_request_cancelled_and_the_server_keeps_servin
     let repo = repo();
     let model = test_model();
     let mut lsp = Lsp::start(&env, repo.path(), &model);
-    let root = repo.path().canonicalize().unwrap();
-    let uri = format!("file://{}/src/money.py", root.display());
+    let uri = money_uri(repo.path());
     lsp.request(
         1,
         "initialize",
@@ -859,8 +862,7 @@ fn the_language_server_answers_while_the_model_loads_and_runs_queued_commands_af
     let repo = repo();
     let model = test_model();
     let mut lsp = Lsp::start(&env, repo.path(), &model);
-    let root = repo.path().canonicalize().unwrap();
-    let uri = format!("file://{}/src/money.py", root.display());
+    let uri = money_uri(repo.path());
     let range = json!({"start": {"line": 5, "character": 0}, "end": {"line": 7, "character": 0}});
     // Everything is sent at once: the load starts with `initialize` and is still running when
     // the server reads the rest.
@@ -937,8 +939,7 @@ fn a_command_cancelled_during_the_load_is_answered_at_once_and_shutdown_does_not
     let repo = repo();
     let model = test_model();
     let mut lsp = Lsp::start(&env, repo.path(), &model);
-    let root = repo.path().canonicalize().unwrap();
-    let uri = format!("file://{}/src/money.py", root.display());
+    let uri = money_uri(repo.path());
     lsp.send(
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "processId": null, "rootUri": null, "capabilities": {}}}),
@@ -972,8 +973,7 @@ fn a_missing_model_is_shown_to_the_user_and_fails_the_commands_without_a_hang() 
     let repo = repo();
     let missing = Path::new("/nonexistent/model.gguf");
     let mut lsp = Lsp::start(&env, repo.path(), missing);
-    let root = repo.path().canonicalize().unwrap();
-    let uri = format!("file://{}/src/money.py", root.display());
+    let uri = money_uri(repo.path());
     lsp.request(
         1,
         "initialize",
