@@ -120,8 +120,7 @@ fn the_neovim_example_explains_asks_edits_and_diffs_in_a_real_neovim() {
     assert_eq!(seen["diff_filetype"], "diff");
     let diff = lines(&seen["diff_buffer"]);
     assert!(
-        diff.iter().any(|l| *l == "--- a/src/money.py")
-            && diff.iter().any(|l| *l == "+++ b/src/money.py"),
+        diff.contains(&"--- a/src/money.py") && diff.contains(&"+++ b/src/money.py"),
         "not a diff of the file: {diff:?}"
     );
     // The file on disk is untouched: every change stayed in the buffer.

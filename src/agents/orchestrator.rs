@@ -286,6 +286,16 @@ pub async fn run_task(env: TaskEnv, emitter: Emitter, start: TaskStart) -> Resul
             TaskOutcome::Failed
         }
     };
+    if matches!(outcome, TaskOutcome::Cancelled | TaskOutcome::Failed)
+        && let Err(e) = runner.keep_best_after_stop(&mut record)
+    {
+        emitter.emit(
+            None,
+            EventMsg::Warning {
+                message: format!("the task's files could not be put back to its best round: {e}"),
+            },
+        );
+    }
     record.status = TaskStatus::from(outcome);
     record.updated_unix = now_unix();
     if let Err(e) = store.save(&record) {
@@ -920,6 +930,67 @@ impl Runner<'_> {
             }
         }
         record.kept_round = Some(best.round);
+        record.kept_reason = reason;
+        Ok(())
+    }
+
+    /// A task stopped mid-round (cancelled, or ended by an error): the unfinished round's edits
+    /// are committed on the task branch (nothing is lost), then the files go back to the
+    /// best-tested round (else the last finished one), so the task never ends on half-written
+    /// code; `tasks apply` takes that round, and a resumed task goes on from it.
+    fn keep_best_after_stop(&self, record: &mut TaskRecord) -> Result<()> {
+        let stopped = record.rounds_done + 1;
+        let partial = crate::git::commit_all(
+            &record.worktree,
+            &format!("troupe: round {stopped} (interrupted)"),
+        )?;
+        let (round, snapshot, why) = match rounds::best(&record.rounds) {
+            Some(best) => (
+                best.round,
+                best.commit.clone(),
+                format!(
+                    "{}, the best test result",
+                    best.tests
+                        .as_ref()
+                        .map(|t| t.describe())
+                        .unwrap_or_default()
+                ),
+            ),
+            None => match record.rounds.iter().rev().find(|r| r.commit.is_some()) {
+                Some(r) => (r.round, r.commit.clone(), "the last finished round".into()),
+                None => return Ok(()),
+            },
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
+        let mut reason =
+            format!("round {round}: {why}; round {stopped} was stopped before it ended");
+        if let Some(p) = partial {
+            let p = p.to_string();
+            reason.push_str(&format!(
+                " (its edits are kept in commit {})",
+                &p[..p.len().min(10)]
+            ));
+        }
+        let commit = crate::git::restore_commit(
+            &record.worktree,
+            &snapshot,
+            &format!("troupe: the task keeps round {round}\n\n{reason}"),
+        )?;
+        if let Some(commit) = commit {
+            self.emitter.emit(
+                None,
+                EventMsg::RoundReverted {
+                    task_id: record.id.clone(),
+                    round: stopped,
+                    kept_round: round,
+                    reason: reason.clone(),
+                    commit: Some(commit.to_string()),
+                },
+            );
+        }
+        record.kept_round = Some(round);
         record.kept_reason = reason;
         Ok(())
     }

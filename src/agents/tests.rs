@@ -1019,6 +1019,110 @@ async fn rounds_that_break_passing_tests_are_undone_and_the_task_ends_with_the_b
 }
 
 #[tokio::test]
+async fn a_task_stopped_mid_round_keeps_its_best_round_and_commits_the_unfinished_edits() {
+    let dir = sum_repo();
+    let mut backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                // Round 1: the right fix, which passes the tests.
+                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                r#"{"tool": "done", "summary": "add returns the sum"}"#,
+                // Round 2 breaks it; then the writer's next call never answers.
+                &edit("calc.py", "return a + b\n", "return a * b\n"),
+            ],
+        ),
+        ("reviewer", &[&review("high", "add may overflow")]),
+    ]);
+    // Round 1 makes four requests (two writer calls, the reviewer, the tester); round 2's
+    // writer makes one, and its second hangs.
+    Arc::get_mut(&mut backend).unwrap().hang_after = Some(5);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
+    s.submit(Submission {
+        id: "s1".into(),
+        op: Op::UserTask {
+            text: "make add return the sum".into(),
+            max_rounds: None,
+        },
+    })
+    .unwrap();
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while backend.requests.lock().unwrap().len() < 6 {
+        all.push(
+            tokio::time::timeout_at(deadline, s.next_event())
+                .await
+                .expect("round 2's writer makes its second request")
+                .unwrap(),
+        );
+    }
+    all.extend(run_to_end(&mut s, Op::Interrupt, Duration::from_secs(20)).await);
+    assert_eq!(check_events(&all), TaskOutcome::Cancelled);
+
+    // The task ends with round 1's files, not round 2's half-done edit, and says so.
+    let id = task_id(&all);
+    let record = TaskStore::new(dir.path()).load(&id).unwrap();
+    let round1 = round_commit(&all, 1);
+    assert_eq!(
+        files_of(&record.worktree),
+        files_of_commit(dir.path(), &round1)
+    );
+    assert_eq!(
+        files_of_commit(dir.path(), &record.branch),
+        files_of_commit(dir.path(), &round1)
+    );
+    let undone = reverts(&all);
+    assert_eq!(
+        undone.iter().map(|(r, k, _)| (*r, *k)).collect::<Vec<_>>(),
+        vec![(2, 1)],
+        "{undone:?}"
+    );
+    assert_eq!(record.status, TaskStatus::Cancelled);
+    assert_eq!(record.kept_round, Some(1));
+    assert!(
+        record
+            .kept_reason
+            .starts_with("round 1: the tests pass (1 passed)")
+            && record
+                .kept_reason
+                .contains("round 2 was stopped before it ended"),
+        "{}",
+        record.kept_reason
+    );
+    assert_eq!(kept(&all).map(|k| k.round), Some(1));
+
+    // Round 2's unfinished edit is not lost: it is the branch's commit before the restore.
+    let repo = git2::Repository::open(dir.path()).unwrap();
+    let tip = repo
+        .revparse_single(&record.branch)
+        .unwrap()
+        .peel_to_commit()
+        .unwrap();
+    let interrupted = tip.parent(0).unwrap();
+    assert!(
+        interrupted
+            .message()
+            .unwrap()
+            .starts_with("troupe: round 2 (interrupted)"),
+        "{:?}",
+        interrupted.message()
+    );
+    let blob = interrupted
+        .tree()
+        .unwrap()
+        .get_path(Path::new("calc.py"))
+        .unwrap()
+        .to_object(&repo)
+        .unwrap()
+        .peel_to_blob()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(blob.content()).contains("return a * b"),
+        "the unfinished edit is in the interrupted commit"
+    );
+}
+
+#[tokio::test]
 async fn a_first_round_that_passes_the_tests_with_no_high_finding_ends_the_task() {
     let dir = sum_repo();
     let backend = Scripted::new(&[
