@@ -332,7 +332,7 @@ pub const CATALOG: &[ModelEntry] = &[
     ModelEntry {
         id: "embeddinggemma-300m",
         role: Role::Embedding,
-        description: "EmbeddingGemma-300M (Gemma3 encoder, 768-d, mean pooling + Dense) as q8_0 GGUF: much better at finding code from a description, about 10x slower than MiniLM",
+        description: "EmbeddingGemma-300M (Gemma3 encoder, 768-d, mean pooling + Dense) as q8_0 GGUF: much better at finding code from a description, about 4x slower than MiniLM",
         file_name: "embeddinggemma-300m-q8_0.gguf",
         size: GEMMA_EMBED_SIZE,
         license: "Gemma terms",
