@@ -205,6 +205,8 @@ fn hybrid_search_with_minilm_finds_the_golden_files() {
     let repo = fixture_repo(FILES);
     let out = env.troupe(repo.path(), &["index", "--json", "--embed-model", model]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The converted GGUF's tokenizer metadata satisfies llama.cpp: it loads without warnings.
+    assert!(!stderr(&out).contains("WARN"), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["vectors"]["status"], "ok", "{v}");
     assert_eq!(v["vectors"]["rows"], v["chunks"]);
@@ -290,4 +292,125 @@ fn hybrid_search_with_minilm_finds_the_golden_files() {
     }
     assert_eq!(rows[2]["mode"], "hybrid");
     assert_eq!(rows[2]["recall"]["5"], 1.0, "{}", rows[2]);
+}
+
+#[test]
+fn index_status_names_the_vector_table_without_loading_a_catalog_model() {
+    let env = Env::new();
+    let repo = fixture_repo(FILES);
+    let out = env.troupe(repo.path(), &["index", "--no-vectors"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A file named like the catalog's MiniLM but not a model: loading it would fail.
+    let dir = tempfile::tempdir().unwrap();
+    let entry = troupe::models::catalog::find("all-minilm-l6-v2").unwrap();
+    let fake = dir.path().join(entry.file_name);
+    std::fs::write(&fake, b"GGUF but not a model").unwrap();
+    let out = env.troupe(
+        repo.path(),
+        &[
+            "index",
+            "--status",
+            "--json",
+            "--embed-model",
+            fake.to_str().unwrap(),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    assert_eq!(v["vectors"]["missing"], 5, "{v}");
+    assert_eq!(
+        v["vectors"]["model"],
+        format!("{}:20", entry.file_name),
+        "{v}"
+    );
+    assert_eq!(out.status.code(), Some(1), "vectors are missing: stale");
+}
+
+// EmbeddingGemma is 1.1 GB to fetch: this runs only when `troupe models pull embeddinggemma-300m`
+// has put it in the cache, and says so when it skips.
+#[test]
+fn embeddinggemma_selected_in_the_config_gets_its_own_table_and_embeds_queries_alike() {
+    let entry = troupe::models::catalog::find("embeddinggemma-300m").expect("catalog entry");
+    let gemma = troupe::paths::models_dir().join(entry.file_name);
+    if !gemma.is_file() {
+        eprintln!(
+            "skipped: {} is missing (run `troupe models pull embeddinggemma-300m`)",
+            gemma.display()
+        );
+        return;
+    }
+    let minilm = minilm();
+    let env = Env::new();
+    let repo = fixture_repo(FILES);
+    // The isolated cache sees the real model and its verification stamp through links.
+    let models = env.cache().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for name in [
+        entry.file_name.to_string(),
+        format!("{}.verified", entry.file_name),
+    ] {
+        std::os::unix::fs::symlink(troupe::paths::models_dir().join(&name), models.join(name))
+            .unwrap();
+    }
+    let config = repo.path().join("gemma.toml");
+    std::fs::write(&config, "[model]\nembed = \"embeddinggemma-300m\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let minilm = minilm.to_str().unwrap();
+
+    let out = env.troupe(repo.path(), &["index", "--json", "--embed-model", minilm]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.troupe(repo.path(), &["--config", config, "index", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("WARN"), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["vectors"]["status"], "ok", "{v}");
+    // Its own table: every chunk embedded again, none taken from MiniLM's.
+    assert_eq!(v["vectors"]["embedded"], v["chunks"], "{v}");
+    assert!(
+        v["vectors"]["model"]
+            .as_str()
+            .unwrap()
+            .starts_with(entry.file_name),
+        "{v}"
+    );
+    let tables = std::fs::read_dir(repo.path().join(".troupe/index/vectors"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("chunks_")
+        })
+        .count();
+    assert_eq!(tables, 2, "one vector table per model");
+
+    let out = env.troupe(
+        repo.path(),
+        &["--config", config, "index", "--status", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["vectors"]["missing"], 0, "{v}");
+
+    // Queries go through the same model with its query prompt: descriptions with no shared
+    // words find their code.
+    for (query, want) in [
+        (
+            "log in again when my credentials time out",
+            "src/auth/session.rs",
+        ),
+        (
+            "bring the database tables up to date",
+            "cmd/migrate/main.go",
+        ),
+    ] {
+        let results = search(
+            &env,
+            repo.path(),
+            &[
+                "--config", config, "--mode", "vector", "--files", "--limit", "1", query,
+            ],
+        );
+        assert_eq!(results[0]["path"], want, "`{query}`: {results:?}");
+    }
 }

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Context, exit, print, print_json};
 use crate::index::vectors::{self, Embed, ModelEmbedder};
 use crate::index::{self, Options, Progress};
+use crate::models::catalog::{self, Embedding};
 use crate::models::{Role, Store};
 
 /// Arguments of `troupe index`.
@@ -157,26 +158,51 @@ pub fn options(ctx: &Context) -> Options {
     opts
 }
 
-/// Loads the configured embedding model (`model.embed`, or `--embed-model`).
-pub fn load_embedder(ctx: &Context, store: &Store) -> anyhow::Result<ModelEmbedder> {
+/// The configured embedding model (`model.embed`, or `--embed-model`): its file, and how to use
+/// it when it is a catalog model (named, or given by the path of its cache file).
+fn resolve_embedder(ctx: &Context, store: &Store) -> anyhow::Result<(PathBuf, Option<Embedding>)> {
     let name = &ctx.config.config.model.embed;
     let resolved = store
         .resolve(name, Role::Embedding)
         .with_context(|| format!("the embedding model `{name}`"))?;
+    let entry = resolved.entry.or_else(|| {
+        resolved
+            .path
+            .file_name()
+            .and_then(|n| catalog::find_by_file_name(&n.to_string_lossy()))
+    });
+    Ok((resolved.path, entry.and_then(|e| e.embedding)))
+}
+
+/// Loads the configured embedding model (`model.embed`, or `--embed-model`).
+pub fn load_embedder(ctx: &Context, store: &Store) -> anyhow::Result<ModelEmbedder> {
+    let (path, spec) = resolve_embedder(ctx, store)?;
     let threads = match ctx.config.config.engine.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
         n => n as i32,
     };
-    Ok(ModelEmbedder::load(&resolved.path, threads)?)
+    Ok(ModelEmbedder::load(
+        &path,
+        threads,
+        &spec.unwrap_or(Embedding::UNKNOWN),
+    )?)
 }
 
 fn status(ctx: &Context, store: &Store, root: &Path, opts: &Options) -> anyhow::Result<u8> {
     let st = index::status(root, opts)?;
-    // Vectors: only when the model is at hand (its id names the table).
-    let vectors = match load_embedder(ctx, store) {
-        Ok(model) => match vectors::missing_blobs(root, &model.model_id(), model.dim()) {
+    // Vectors: the model's identity names the table. A catalog model's size is known, so it is
+    // not loaded; a GGUF path outside the catalog is loaded to learn its vector size.
+    let identity = resolve_embedder(ctx, store).and_then(|(path, spec)| match spec {
+        Some(spec) => Ok((vectors::model_id(&path), spec.dim as usize)),
+        None => {
+            let model = load_embedder(ctx, store)?;
+            Ok((model.model_id(), model.dim()))
+        }
+    });
+    let vectors = match identity {
+        Ok((id, dim)) => match vectors::missing_blobs(root, &id, dim) {
             Ok((total, missing)) => serde_json::json!({
-                "model": model.model_id(), "blobs": total, "missing": missing,
+                "model": id, "blobs": total, "missing": missing,
             }),
             Err(e) => serde_json::json!({"error": e.to_string()}),
         },

@@ -39,12 +39,12 @@ pub fn list(ctx: &Context, store: &Store) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let mut text = format!(
-        "{:<28} {:<10} {:>9}  {:<11} {:<18} {:<18} {}\n",
+        "{:<28} {:<10} {:>9}  {:<12} {:<18} {:<18} {}\n",
         "ID", "ROLE", "SIZE", "LICENSE", "STATUS", "DEFAULT FOR", "SHA256"
     );
     for m in CATALOG {
         text.push_str(&format!(
-            "{:<28} {:<10} {:>9}  {:<11} {:<18} {:<18} {}\n",
+            "{:<28} {:<10} {:>9}  {:<12} {:<18} {:<18} {}\n",
             m.id,
             m.role.to_string(),
             human_bytes(m.size),

@@ -415,6 +415,40 @@ mod tests {
     }
 
     #[test]
+    fn converted_embeddinggemma_matches_numpy_reference() -> anyhow::Result<()> {
+        let Some((gguf, checkpoint)) = crate::models::convert::test_support::embeddinggemma()
+        else {
+            return Ok(());
+        };
+        let mut embedder = Embedder::load(&gguf, 2)?;
+        ensure!(embedder.dim() == 768, "dim {}", embedder.dim());
+        // Short texts with the model's prompts: the reference leaves out the sliding window.
+        let texts: Vec<String> = vec![
+            "task: code retrieval | query: read the settings from a JSON file".into(),
+            "title: none | text: def read_config(path):\n    with open(path) as f:\n        return json.load(f)  # TODO: validate".into(),
+            "title: none | text: fn add(a: i32, b: i32) -> i32 {\n    a + b\n}".into(),
+            "title: none | text: Retrieval-augmented generation pairs a naïve café-quality index with BM25 ranking.".into(),
+        ];
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let got = embedder.embed(&refs)?;
+        let want = reference_embeddings(&checkpoint, &texts)?;
+        ensure!(got.len() == texts.len() && want.len() == texts.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            ensure!(g.len() == 768 && w.len() == 768);
+            let cos = cosine(g, w);
+            eprintln!("text {i}: cosine to numpy reference {cos:.6}");
+            // q8_0 weights over 24 layers; a wrong norm shift, rope base, Dense layer or
+            // tokenizer gives cosines far below this.
+            ensure!(
+                cos > 0.999,
+                "text {i} ({:?}...): cosine {cos}",
+                texts[i].chars().take(40).collect::<String>()
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
     fn batched_embedding_matches_one_at_a_time() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let (_, gguf) = converted_minilm(tmp.path())?;

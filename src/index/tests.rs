@@ -496,3 +496,54 @@ fn embeddings_fill_in_after_the_text_index_and_resume_after_an_interruption() {
     let top = reader.chunks_of(&hits[0].blob, hits[0].chunk).unwrap();
     assert_eq!(top[0].path, "src/f7.rs");
 }
+
+/// Cosine of two unit vectors.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+// The real EmbeddingGemma through the index's embedder, with the prompts of its catalog entry.
+// Skipped (with a printed reason) when the model is not in the cache.
+#[test]
+fn embeddinggemma_finds_code_from_its_description_and_keeps_paraphrases_close() {
+    let Some((gguf, _)) = crate::models::convert::test_support::embeddinggemma() else {
+        return;
+    };
+    let spec = crate::models::catalog::find("embeddinggemma-300m")
+        .and_then(|e| e.embedding)
+        .unwrap();
+    let mut model = vectors::ModelEmbedder::load(&gguf, 2, &spec).unwrap();
+    assert_eq!(model.dim(), 768);
+    let docs = [
+        "def read_config(path):\n    with open(path) as f:\n        return json.load(f)",
+        "fn evict_oldest(&mut self) {\n    if let Some(k) = self.order.pop_front() {\n        self.map.remove(&k);\n    }\n}",
+        "func runMigrations(db *sql.DB) error {\n\tfor _, m := range pending(db) {\n\t\tif err := m.Apply(db); err != nil {\n\t\t\treturn err\n\t\t}\n\t}\n\treturn nil\n}",
+        "function debounce(fn, ms) {\n  let t;\n  return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };\n}",
+        "def send_email(to, subject, body):\n    msg = EmailMessage()\n    msg['To'] = to\n    msg['Subject'] = subject\n    msg.set_content(body)\n    smtp.send_message(msg)",
+    ];
+    let queries = [
+        ("load settings from a json file", 0),
+        ("remove the least recently used cache entry", 1),
+        ("apply pending database schema changes", 2),
+        ("delay calling a function until the input stops changing", 3),
+        ("notify a user by mail", 4),
+    ];
+    let doc_vectors = model.embed_documents(&docs).unwrap();
+    for (query, want) in queries {
+        let q = model.embed_query(query).unwrap();
+        let scores: Vec<f32> = doc_vectors.iter().map(|d| dot(&q, d)).collect();
+        let best = (0..docs.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        assert_eq!(best, want, "`{query}` ranked {scores:?}");
+    }
+    // Two phrasings of one request are close; an unrelated request is not.
+    let a = model.embed_query("parse the configuration file").unwrap();
+    let b = model
+        .embed_query("read and decode the config file")
+        .unwrap();
+    let c = model.embed_query("resize an image to a thumbnail").unwrap();
+    let (close, far) = (dot(&a, &b), dot(&a, &c));
+    assert!(close > 0.8, "paraphrases: cosine {close}");
+    assert!(close - far > 0.2, "paraphrase {close} vs unrelated {far}");
+}

@@ -45,8 +45,8 @@ pub trait Embed {
     fn embed_query(&mut self, text: &str) -> std::result::Result<Vec<f32>, String>;
 }
 
-/// [`Embed`] over the engine's llama.cpp embedder. Models that expect task prompts
-/// (EmbeddingGemma) get them, recognised by file name.
+/// [`Embed`] over the engine's llama.cpp embedder, with the model's prompts (EmbeddingGemma
+/// expects task prompts before queries and documents; MiniLM none) from its catalog entry.
 #[derive(Debug)]
 pub struct ModelEmbedder {
     inner: crate::engine::embed::Embedder,
@@ -56,32 +56,36 @@ pub struct ModelEmbedder {
     max_doc_tokens: usize,
 }
 
+/// The identity of the model file at `path` as the vector tables know it: file name and size.
+/// Needs no loading, so a status check can name the table without the model.
+pub fn model_id(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    format!("{name}:{size}")
+}
+
 impl ModelEmbedder {
-    /// Loads the GGUF embedding model at `path` to run on `threads` threads.
-    pub fn load(path: &Path, threads: i32) -> Result<Self> {
+    /// Loads the GGUF embedding model at `path` to run on `threads` threads, using the prompts
+    /// and document length of `spec`.
+    pub fn load(
+        path: &Path,
+        threads: i32,
+        spec: &crate::models::catalog::Embedding,
+    ) -> Result<Self> {
         let inner =
             crate::engine::embed::Embedder::load(path, threads).map_err(|e| Error::Embed {
                 model: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
-        let size = std::fs::metadata(path).map_or(0, |m| m.len());
-        let gemma = name.contains("embeddinggemma") || name.contains("embedding-gemma");
         Ok(Self {
             inner,
-            id: format!("{name}:{size}"),
-            query_prefix: if gemma {
-                "task: code retrieval | query: "
-            } else {
-                ""
-            },
-            doc_prefix: if gemma { "title: none | text: " } else { "" },
-            // all-MiniLM-L6-v2 was trained on (and sentence-transformers cuts at) 256 word
-            // pieces; longer input costs quadratic attention for little gain.
-            max_doc_tokens: if gemma { 512 } else { 256 },
+            id: model_id(path),
+            query_prefix: spec.query_prompt,
+            doc_prefix: spec.document_prompt,
+            max_doc_tokens: spec.max_doc_tokens as usize,
         })
     }
 

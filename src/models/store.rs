@@ -286,7 +286,7 @@ mod tests {
             sha256,
             sources: &[],
             checkpoint: None,
-            embedding_dim: None,
+            embedding: None,
         }
     }
 

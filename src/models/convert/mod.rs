@@ -1,5 +1,6 @@
-//! Conversion of a Hugging Face BERT sentence-embedding checkpoint (all-MiniLM-L6-v2 and its BERT
-//! siblings) to a GGUF file that llama.cpp loads as an embedding model.
+//! Conversion of Hugging Face sentence-embedding checkpoints to GGUF files that llama.cpp loads
+//! as embedding models: BERT (all-MiniLM-L6-v2 and its siblings, this module) and Gemma3
+//! encoders (EmbeddingGemma, [`gemma`]). [`convert_checkpoint`] picks by `config.json`.
 //!
 //! No model hub is reachable from the machines troupe is built on, and no package ships an
 //! embedding model as GGUF, so troupe converts the checkpoint itself (see `MODELS.md`). The input
@@ -18,12 +19,18 @@
 //! checkpoint always gives byte-identical output, so a model file can be pinned by its sha256.
 //! The file is written to a temporary file beside the target and renamed into place.
 //!
+//! Checkpoint tensors are read from the file as they are written out, a block of rows at a
+//! time, so converting a checkpoint of several GB needs little memory.
+//!
 //! Pure file work: no llama.cpp, no threads, no dependency on other troupe modules.
+
+pub mod gemma;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use half::f16;
 use serde::Deserialize;
@@ -33,7 +40,7 @@ use serde::Deserialize;
 pub enum Error {
     /// A file of the checkpoint folder is missing.
     #[error(
-        "checkpoint file {path} is missing; the folder must hold config.json, model.safetensors, vocab.txt, tokenizer.json and 1_Pooling/config.json (extract the sentence-transformers checkpoint again, e.g. with `troupe models pull`)"
+        "checkpoint file {path} is missing; the folder must hold the whole sentence-transformers checkpoint (extract it again, e.g. with `troupe models pull`)"
     )]
     MissingFile { path: PathBuf },
     /// A file could not be read or written.
@@ -58,13 +65,34 @@ pub enum Error {
     BadSafetensors { path: PathBuf, reason: String },
     /// The checkpoint is valid but not a model this converter handles.
     #[error(
-        "unexpected checkpoint configuration in {path}: {reason}; only BERT sentence-embedding checkpoints (like all-MiniLM-L6-v2) can be converted"
+        "unexpected checkpoint configuration in {path}: {reason}; only BERT (like all-MiniLM-L6-v2) and Gemma3 (EmbeddingGemma) sentence-embedding checkpoints can be converted"
     )]
     UnexpectedConfig { path: PathBuf, reason: String },
 }
 
 /// Result of the conversion functions.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Converts the sentence-embedding checkpoint in `src_dir` to a q8_0 GGUF file at `out_path`,
+/// choosing the converter by `config.json`'s `model_type` (`bert`, or `gemma3_text` for
+/// EmbeddingGemma).
+pub fn convert_checkpoint(src_dir: &Path, out_path: &Path) -> Result<()> {
+    #[derive(Deserialize)]
+    struct ModelType {
+        #[serde(default)]
+        model_type: Option<String>,
+    }
+    let config_path = src_dir.join("config.json");
+    let t: ModelType = read_json(&config_path)?;
+    match t.model_type.as_deref() {
+        None | Some("bert") => convert_bert_checkpoint(src_dir, out_path),
+        Some(gemma::MODEL_TYPE) => gemma::convert_gemma_embedding_checkpoint(src_dir, out_path),
+        Some(other) => Err(Error::UnexpectedConfig {
+            path: config_path,
+            reason: format!("model_type is {other:?}"),
+        }),
+    }
+}
 
 /// Converts the BERT sentence-embedding checkpoint in `src_dir` to a q8_0 GGUF file at
 /// `out_path`.
@@ -373,7 +401,8 @@ fn add_metadata(gguf: &mut Gguf, c: &BertConfig, pooling: Pooling, vocab: Vocab)
     // BertNormalizer: strip_accents follows lowercase, which llama.cpp also defaults to.
     put("tokenizer.ggml.normalizer.lowercase", Bool(vocab.lowercase));
     put("tokenizer.ggml.bos_token_id", U32(vocab.cls));
-    put("tokenizer.ggml.eos_token_id", U32(vocab.sep));
+    // No eos token: WordPiece ends a text with [SEP] (the separator below). Naming [SEP] as eos
+    // made llama.cpp warn on every load that eos is not an end-of-generation token.
     put("tokenizer.ggml.unknown_token_id", U32(vocab.unk));
     // Sic: llama.cpp spells this key "seperator".
     put("tokenizer.ggml.seperator_token_id", U32(vocab.sep));
@@ -381,7 +410,9 @@ fn add_metadata(gguf: &mut Gguf, c: &BertConfig, pooling: Pooling, vocab: Vocab)
     put("tokenizer.ggml.cls_token_id", U32(vocab.cls));
     put("tokenizer.ggml.mask_token_id", U32(vocab.mask));
     put("tokenizer.ggml.add_bos_token", Bool(true));
-    put("tokenizer.ggml.add_eos_token", Bool(true));
+    // [CLS] text [SEP]: the separator ends the text, not an eos token.
+    put("tokenizer.ggml.add_eos_token", Bool(false));
+    put("tokenizer.ggml.add_sep_token", Bool(true));
 }
 
 /// How a tensor is stored in the GGUF file.
@@ -474,7 +505,7 @@ fn add_tensors(gguf: &mut Gguf, c: &BertConfig, w: &SafeTensors) -> Result<()> {
             name: gguf_name,
             dims,
             ggml_type,
-            data,
+            data: Data::Bytes(data),
         });
     }
     Ok(())
@@ -506,12 +537,13 @@ fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // safetensors
 
-/// A safetensors file held in memory: an 8-byte little-endian header length, a JSON header
-/// mapping names to dtype, shape and byte range, then the data.
+/// A safetensors file: an 8-byte little-endian header length, a JSON header mapping names to
+/// dtype, shape and byte range, then the data. Only the header is held in memory; tensors are
+/// read from the file when needed (a 1.2 GB checkpoint is never loaded whole).
 struct SafeTensors {
     path: PathBuf,
-    bytes: Vec<u8>,
-    data_start: usize,
+    file: fs::File,
+    data_start: u64,
     entries: HashMap<String, StEntry>,
 }
 
@@ -519,44 +551,43 @@ struct SafeTensors {
 struct StEntry {
     dtype: String,
     shape: Vec<usize>,
-    data_offsets: [usize; 2],
+    data_offsets: [u64; 2],
 }
 
 impl SafeTensors {
     fn open(path: &Path) -> Result<Self> {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::MissingFile {
+        let io_err = |source: io::Error| {
+            if source.kind() == io::ErrorKind::NotFound {
+                Error::MissingFile {
                     path: path.to_path_buf(),
-                });
-            }
-            Err(source) => {
-                return Err(Error::Io {
+                }
+            } else {
+                Error::Io {
                     action: "could not read",
                     path: path.to_path_buf(),
                     source,
-                });
+                }
             }
         };
+        let mut file = fs::File::open(path).map_err(io_err)?;
+        let file_len = file.metadata().map_err(io_err)?.len();
         let bad = |reason: String| Error::BadSafetensors {
             path: path.to_path_buf(),
             reason,
         };
-        let header_len = bytes
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-            .ok_or_else(|| bad("the file is shorter than its 8-byte header length".into()))?;
-        let data_start = usize::try_from(header_len)
-            .ok()
-            .and_then(|n| n.checked_add(8))
-            .filter(|&end| end <= bytes.len())
+        let mut len_bytes = [0u8; 8];
+        file.read_exact(&mut len_bytes)
+            .map_err(|_| bad("the file is shorter than its 8-byte header length".into()))?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        let data_start = header_len
+            .checked_add(8)
+            .filter(|&end| end <= file_len)
             .ok_or_else(|| bad(format!("header length {header_len} exceeds the file size")))?;
-        let header: HashMap<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..data_start])
-                .map_err(|e| bad(format!("the header is not a JSON object ({e})")))?;
-        let data_len = bytes.len() - data_start;
+        let mut header_bytes = vec![0u8; header_len as usize];
+        file.read_exact(&mut header_bytes).map_err(io_err)?;
+        let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header_bytes)
+            .map_err(|e| bad(format!("the header is not a JSON object ({e})")))?;
+        let data_len = file_len - data_start;
         let mut entries = HashMap::new();
         for (name, v) in header {
             if name == "__metadata__" {
@@ -574,14 +605,15 @@ impl SafeTensors {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            bytes,
+            file,
             data_start,
             entries,
         })
     }
 
-    /// The tensor `name` as f32 values, checked to have `shape`.
-    fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// Checks that tensor `name` exists with `shape` and a float dtype whose size matches its
+    /// byte range; returns the width of one value in bytes.
+    fn check(&self, name: &str, shape: &[usize]) -> Result<usize> {
         let bad = |reason: String| Error::BadSafetensors {
             path: self.path.clone(),
             reason,
@@ -592,7 +624,7 @@ impl SafeTensors {
             .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
         if e.shape != shape {
             return Err(bad(format!(
-                "tensor {name} has shape {:?}, config.json implies {shape:?}",
+                "tensor {name} has shape {:?}, the configuration implies {shape:?}",
                 e.shape
             )));
         }
@@ -603,14 +635,38 @@ impl SafeTensors {
             other => return Err(bad(format!("tensor {name} has unsupported dtype {other}"))),
         };
         let [begin, end] = e.data_offsets;
-        if end - begin != n * width {
+        if end - begin != (n * width) as u64 {
             return Err(bad(format!(
                 "tensor {name} has {} bytes, its shape and dtype need {}",
                 end - begin,
                 n * width
             )));
         }
-        let raw = &self.bytes[self.data_start + begin..self.data_start + end];
+        Ok(width)
+    }
+
+    /// The tensor `name` as f32 values, checked to have `shape`.
+    fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.check(name, shape)?;
+        let n: usize = shape.iter().product();
+        self.read_f32(name, 0, n).map_err(|source| Error::Io {
+            action: "could not read",
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// `count` values of tensor `name` (already [`Self::check`]ed) from value `first` on, as f32.
+    fn read_f32(&self, name: &str, first: usize, count: usize) -> io::Result<Vec<f32>> {
+        let e = self.entries.get(name).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("tensor {name} is missing"))
+        })?;
+        let width = if e.dtype == "F32" { 4 } else { 2 };
+        let offset = self.data_start + e.data_offsets[0] + (first * width) as u64;
+        let mut raw = vec![0u8; count * width];
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut raw)?;
         Ok(match e.dtype.as_str() {
             "F32" => raw
                 .chunks_exact(4)
@@ -672,6 +728,7 @@ enum Value {
     Str(String),
     StrArray(Vec<String>),
     I32Array(Vec<i32>),
+    F32Array(Vec<f32>),
 }
 
 struct Tensor {
@@ -679,7 +736,74 @@ struct Tensor {
     /// Dimensions, innermost first (ggml's `ne`).
     dims: Vec<u64>,
     ggml_type: GgmlType,
-    data: Vec<u8>,
+    data: Data,
+}
+
+/// A tensor's bytes: in memory, or converted from a checkpoint tensor while the file is written.
+enum Data {
+    Bytes(Vec<u8>),
+    /// Rows of a 2-D (or 1-D: one row) safetensors tensor, `shift` added to every value (Gemma
+    /// stores RMSNorm weights as `w` for a `1 + w` scale), stored as `ggml_type`. Converted a
+    /// block of rows at a time, so a large tensor is never held whole in memory.
+    Stream {
+        source: Rc<SafeTensors>,
+        name: String,
+        rows: usize,
+        cols: usize,
+        shift: f32,
+    },
+}
+
+/// Values read and converted per step when streaming a tensor (4 MB of f32).
+const STREAM_VALUES: usize = 1 << 20;
+
+impl Tensor {
+    /// Bytes of the tensor's data in the file (before alignment padding).
+    fn len(&self) -> usize {
+        match &self.data {
+            Data::Bytes(b) => b.len(),
+            Data::Stream { rows, cols, .. } => {
+                let n = rows * cols;
+                match self.ggml_type {
+                    GgmlType::F32 => n * 4,
+                    GgmlType::Q8_0 => n / Q8_0_BLOCK * (2 + Q8_0_BLOCK),
+                }
+            }
+        }
+    }
+
+    fn write_data(&self, w: &mut dyn Write) -> io::Result<()> {
+        let (source, name, rows, cols, shift) = match &self.data {
+            Data::Bytes(b) => return w.write_all(b),
+            Data::Stream {
+                source,
+                name,
+                rows,
+                cols,
+                shift,
+            } => (source, name, *rows, *cols, *shift),
+        };
+        let step_rows = (STREAM_VALUES / cols).max(1);
+        let mut row = 0;
+        while row < rows {
+            let n = step_rows.min(rows - row);
+            let mut values = source.read_f32(name, row * cols, n * cols).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading {name} from {}: {e}", source.path.display()),
+                )
+            })?;
+            if shift != 0.0 {
+                values.iter_mut().for_each(|v| *v += shift);
+            }
+            match self.ggml_type {
+                GgmlType::F32 => w.write_all(&f32_bytes(&values))?,
+                GgmlType::Q8_0 => w.write_all(&quantize_q8_0(&values))?,
+            }
+            row += n;
+        }
+        Ok(())
+    }
 }
 
 /// A GGUF file under construction: metadata and tensors in the order they will be written.
@@ -712,12 +836,12 @@ impl Gguf {
             w.write_all(&(t.ggml_type as u32).to_le_bytes())?;
             w.write_all(&(offset as u64).to_le_bytes())?;
             pos += 4 + 8 * t.dims.len() + 4 + 8;
-            offset += t.data.len().next_multiple_of(GGUF_ALIGNMENT);
+            offset += t.len().next_multiple_of(GGUF_ALIGNMENT);
         }
         write_padding(w, pos)?;
         for t in &self.tensors {
-            w.write_all(&t.data)?;
-            write_padding(w, t.data.len())?;
+            t.write_data(w)?;
+            write_padding(w, t.len())?;
         }
         Ok(())
     }
@@ -771,6 +895,15 @@ fn write_value(w: &mut dyn Write, v: &Value) -> io::Result<usize> {
         Value::I32Array(items) => {
             tag(w, GGUF_TYPE_ARRAY)?;
             tag(w, GGUF_TYPE_INT32)?;
+            w.write_all(&(items.len() as u64).to_le_bytes())?;
+            for x in items {
+                w.write_all(&x.to_le_bytes())?;
+            }
+            16 + 4 * items.len()
+        }
+        Value::F32Array(items) => {
+            tag(w, GGUF_TYPE_ARRAY)?;
+            tag(w, GGUF_TYPE_FLOAT32)?;
             w.write_all(&(items.len() as u64).to_le_bytes())?;
             for x in items {
                 w.write_all(&x.to_le_bytes())?;
@@ -893,6 +1026,25 @@ pub(crate) mod test_support {
         Ok(dir)
     }
 
+    /// The EmbeddingGemma GGUF and checkpoint folder when `troupe models pull
+    /// embeddinggemma-300m` has put them in the cache, else `None` after printing why the caller
+    /// skips: the pull downloads 1.1 GB, which the test set-up does not do.
+    pub(crate) fn embeddinggemma() -> Option<(PathBuf, PathBuf)> {
+        let entry = crate::models::catalog::find("embeddinggemma-300m")?;
+        let store = crate::models::Store::default();
+        let checkpoint = crate::models::pull::sources_dir(entry);
+        if store.status(entry) != crate::models::Status::Present
+            || !checkpoint.join("model.safetensors").is_file()
+        {
+            eprintln!(
+                "skipped: embeddinggemma-300m is not in {} (run `troupe models pull embeddinggemma-300m`, 1.1 GB)",
+                store.dir().display()
+            );
+            return None;
+        }
+        Some((store.path(entry), checkpoint))
+    }
+
     /// Hex sha256 of a file.
     pub(crate) fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
         use sha2::Digest;
@@ -931,13 +1083,13 @@ mod tests {
             name: "a".into(),
             dims: vec![3],
             ggml_type: GgmlType::F32,
-            data: f32_bytes(&[1.0, 2.0, 3.0]),
+            data: Data::Bytes(f32_bytes(&[1.0, 2.0, 3.0])),
         });
         g.tensors.push(Tensor {
             name: "b".into(),
             dims: vec![1],
             ggml_type: GgmlType::F32,
-            data: f32_bytes(&[4.0]),
+            data: Data::Bytes(f32_bytes(&[4.0])),
         });
         let mut out = Vec::new();
         g.write_to(&mut out)?;
@@ -952,6 +1104,63 @@ mod tests {
         ensure!(data_start % GGUF_ALIGNMENT == 0);
         ensure!(out[data_start..data_start + 12] == f32_bytes(&[1.0, 2.0, 3.0])[..]);
         ensure!(out[data_start + 32..data_start + 36] == f32_bytes(&[4.0])[..]);
+        Ok(())
+    }
+
+    #[test]
+    fn bert_metadata_names_no_eos_token_so_llama_cpp_does_not_warn() -> anyhow::Result<()> {
+        let src = test_support::minilm_dir()?;
+        let config: BertConfig = read_json(&src.join("config.json"))?;
+        let pooling = read_pooling(&src.join("1_Pooling").join("config.json"))?;
+        let vocab = read_vocab(&src, &config)?;
+        let mut gguf = Gguf::default();
+        add_metadata(&mut gguf, &config, pooling, vocab);
+        let key = |k: &str| gguf.kv.iter().find(|(name, _)| name == k).map(|(_, v)| v);
+        // llama.cpp warns on every load when the eos token is not an end-of-generation token,
+        // which [SEP] is not; the separator key carries it instead.
+        ensure!(key("tokenizer.ggml.eos_token_id").is_none());
+        ensure!(matches!(
+            key("tokenizer.ggml.seperator_token_id"),
+            Some(Value::U32(102))
+        ));
+        ensure!(matches!(
+            key("tokenizer.ggml.add_eos_token"),
+            Some(Value::Bool(false))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn embeddinggemma_conversion_reproduces_the_pinned_file() -> anyhow::Result<()> {
+        let Some((_, checkpoint)) = test_support::embeddinggemma() else {
+            return Ok(());
+        };
+        let entry = crate::models::catalog::find("embeddinggemma-300m").context("catalog")?;
+        let tmp = tempfile::tempdir()?;
+        let out = tmp.path().join("gemma.gguf");
+        convert_checkpoint(&checkpoint, &out)?;
+        let sha = test_support::sha256_file(&out)?;
+        ensure!(
+            sha == entry.sha256 && fs::metadata(&out)?.len() == entry.size,
+            "converted EmbeddingGemma has sha256 {sha}, the catalog pins {}",
+            entry.sha256
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_model_type_is_refused_with_the_supported_ones() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("config.json"), r#"{"model_type": "t5"}"#)?;
+        let err = convert_checkpoint(dir.path(), &dir.path().join("out.gguf"))
+            .err()
+            .context("a T5 checkpoint converted")?
+            .to_string();
+        ensure!(
+            err.contains("\"t5\"") && err.contains("EmbeddingGemma"),
+            "{err}"
+        );
+        ensure!(!dir.path().join("out.gguf").exists());
         Ok(())
     }
 
