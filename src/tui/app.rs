@@ -854,6 +854,8 @@ impl App {
                         vec![Op::Search {
                             query: text,
                             limit: Some(20),
+                            mode: None,
+                            files: false,
                         }]
                     }
                     _ => self.start_task(text),

@@ -456,7 +456,9 @@ fn a_search_shows_the_retrieval_results_in_a_pane() {
         app.update(key(KeyCode::Enter)),
         vec![Op::Search {
             query: "add numbers".into(),
-            limit: Some(20)
+            limit: Some(20),
+            mode: None,
+            files: false,
         }]
     );
     assert_eq!(app.focus, Pane::Search);
