@@ -261,21 +261,26 @@ impl Embed for SharedEmbedder {
     }
 }
 
-/// What the on-disk index looks like from outside: the manifest (rewritten after every
-/// full-text commit) and each vector table's versions directory (a file per table version).
-/// Equal stamps: nothing was written in between.
+/// What the on-disk index looks like from outside: the manifest (replaced after every
+/// full-text commit, so a new file: a new inode on Unix) and each vector table's versions
+/// directory (a file per table version). Equal stamps: nothing was written in between.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<(PathBuf, Option<SystemTime>, u64)>);
+struct Stamp(Vec<(PathBuf, Option<SystemTime>, u64, u64)>);
 
 impl Stamp {
     fn of(root: &Path) -> Self {
         let dir = crate::index::index_dir(root);
         let meta = |p: &Path| {
             let m = std::fs::metadata(p).ok();
+            #[cfg(unix)]
+            let inode = m.as_ref().map_or(0, std::os::unix::fs::MetadataExt::ino);
+            #[cfg(not(unix))]
+            let inode = 0;
             (
                 p.to_path_buf(),
                 m.as_ref().and_then(|m| m.modified().ok()),
                 m.map_or(0, |m| m.len()),
+                inode,
             )
         };
         let mut parts = vec![meta(&dir.join(crate::index::manifest::FILE))];

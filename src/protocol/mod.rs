@@ -574,6 +574,37 @@ mod tests {
     }
 
     #[test]
+    fn a_search_with_a_mode_round_trips_and_one_without_keeps_its_old_shape() {
+        let sub = Submission {
+            id: "s".into(),
+            op: Op::Search {
+                query: "parse".into(),
+                limit: Some(3),
+                mode: Some(SearchMode::Bm25),
+                files: true,
+            },
+        };
+        let json = serde_json::to_string(&sub).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"s","op":{"type":"search","query":"parse","limit":3,"mode":"bm25","files":true}}"#
+        );
+        assert_eq!(serde_json::from_str::<Submission>(&json).unwrap(), sub);
+        let old = r#"{"id":"s","op":{"type":"search","query":"parse"}}"#;
+        let parsed: Submission = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            parsed.op,
+            Op::Search {
+                query: "parse".into(),
+                limit: None,
+                mode: None,
+                files: false,
+            }
+        );
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), old);
+    }
+
+    #[test]
     fn severities_order_from_info_to_high() {
         assert!(Severity::Info < Severity::Low);
         assert!(Severity::Low < Severity::Medium);
