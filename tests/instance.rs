@@ -1,7 +1,8 @@
 //! Instance reuse for `troupe search` and from the terminal UI: a search sent to a running
 //! `troupe lsp` prints what the same search prints in-process (text and JSON, notes, exit
-//! codes), a stale socket or an instance that goes away mid-request leaves the search to the
-//! command itself, and one-shot commands of another terminal reach a running terminal UI.
+//! codes), a stale socket, an instance that goes away mid-request or one that cannot load its
+//! model leave the search to the command itself, and one-shot commands of another terminal
+//! reach a running terminal UI.
 //! Real models: the tiny chat model for the instances, all-MiniLM-L6-v2 for vectors.
 
 #![cfg(unix)]
@@ -218,7 +219,8 @@ fn a_server_whose_index_has_no_vectors_notes_bm25_only_as_an_in_process_search_d
         stderr(&b)
     );
     assert_same(&a, &b, "no vectors");
-    // Vector mode needs vectors: the same error either way, exit 2.
+    // Vector mode needs vectors: the same error either way, exit 2 (the command searches
+    // again itself when the instance answers with an error, and fails the same way).
     let args = ["--mode", "vector", "session token"];
     let a = search(
         &env,
@@ -226,7 +228,7 @@ fn a_server_whose_index_has_no_vectors_notes_bm25_only_as_an_in_process_search_d
         &["--no-instance", "--embed-model", embed],
         &args,
     );
-    let b = search(&env, repo.path(), &[], &args);
+    let b = search(&env, repo.path(), &["--embed-model", embed], &args);
     assert_eq!(b.status.code(), Some(2));
     let error = |o: &Output| {
         stderr(o)
@@ -281,6 +283,21 @@ fn a_search_whose_instance_goes_away_mid_request_runs_in_process() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let local = search(&env, repo.path(), &["--json", "--no-instance"], &args);
     assert_same(&local, &out, "instance gone");
+}
+
+#[test]
+fn a_search_whose_instance_cannot_load_its_model_runs_in_process() {
+    let env = Env::new();
+    let repo = repo();
+    index(&env, repo.path(), &["--no-vectors"]);
+    // The server loads its chat model with the first request over the socket, and fails.
+    let lsp = Lsp::start(&env, repo.path(), &["--model", "/nonexistent/model.gguf"]);
+    let args = ["--mode", "bm25", "session token"];
+    let out = search(&env, repo.path(), &["--json"], &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let local = search(&env, repo.path(), &["--json", "--no-instance"], &args);
+    assert_same(&local, &out, "instance without a model");
+    lsp.stop();
 }
 
 #[test]

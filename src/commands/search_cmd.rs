@@ -4,8 +4,8 @@
 //!
 //! When a `troupe lsp` or terminal UI of the repository is running, the search goes to it
 //! (`Op::Search` over `.troupe/editor.sock`), which has the embedding model loaded and the index
-//! open; else, with `--no-instance`, or when the instance goes away before answering, it runs
-//! here ([`crate::agents::searcher`] either way). Both print the same notes, results, errors
+//! open; else, with `--no-instance`, or when the instance goes away or fails before answering,
+//! it runs here ([`crate::agents::searcher`] either way). Both print the same notes, results, errors
 //! and exit codes; mode, limit and `--files` are the command's, the embedding model and the
 //! fusion settings the instance's.
 
@@ -14,8 +14,6 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context as _;
-#[cfg(unix)]
-use anyhow::bail;
 
 use super::index_cmd::{load_embedder, repo_root};
 use super::{Context, exit, print, print_json};
@@ -104,9 +102,9 @@ pub fn run(ctx: &Context, store: &Store, args: &SearchArgs) -> anyhow::Result<u8
 const INSTANCE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Sends the search to the running instance of `root`: its answer, or `None` when nobody
-/// listens or the instance went away before answering (the caller then searches here: a
-/// search changes nothing, so running it again is safe). An `Error` from the instance is the
-/// search's error, as it would be here.
+/// listens, the instance went away before answering or it answered with an error (the caller
+/// then searches here: a search changes nothing, so running it again is safe, and an error of
+/// the search itself comes back the same from the search here).
 #[cfg(unix)]
 fn through_instance(root: &Path, req: &SearchRequest) -> anyhow::Result<Option<Found>> {
     use crate::editor::instance;
@@ -171,10 +169,12 @@ fn through_instance(root: &Path, req: &SearchRequest) -> anyhow::Result<Option<F
                         .context("the running troupe instance sent a malformed search result")?;
                     return Ok(Some(Found { notes, results }));
                 }
-                EventMsg::Error { message, fix } => match fix {
-                    Some(fix) => bail!("{message}; {fix}"),
-                    None => bail!("{message}"),
-                },
+                // The instance's own trouble (its model did not load, say) is no reason for
+                // the search to fail, and a genuine search error comes back the same here.
+                EventMsg::Error { message, .. } => {
+                    tracing::info!("the running instance answered the search with an error ({message}); searching here");
+                    return Ok(None);
+                }
                 _ => {}
             }
         }
