@@ -46,6 +46,10 @@ struct Global {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Run one-shot commands (ask, explain, edit, review, search) in this process even when a
+    /// `troupe lsp` or terminal UI of the repository is running.
+    #[arg(long, global = true)]
+    no_instance: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +300,7 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
         config,
         config_error,
         json: g.json,
+        no_instance: g.no_instance,
     };
     let store = Store::default();
     let Some(command) = &cli.command else {

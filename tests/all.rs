@@ -8,6 +8,7 @@ mod ask;
 mod cli;
 mod editor;
 mod index;
+mod instance;
 mod neovim;
 mod review;
 mod run;

@@ -1071,7 +1071,7 @@ fn review_through_a_running_server_prints_the_same_bytes_as_in_process() {
     let served = env.troupe(repo.path(), &strs(&args));
     assert_eq!(served.status.code(), Some(0), "{}", stderr(&served));
     assert!(
-        stderr(&served).contains("sent to the running troupe lsp"),
+        stderr(&served).contains("sent to the running troupe instance"),
         "{}",
         stderr(&served)
     );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::{Env, fixture_repo, stderr, stdout};
 
-const FILES: &[(&str, &str)] = &[
+pub(crate) const FILES: &[(&str, &str)] = &[
     (
         "src/auth/session.rs",
         "/// Refreshes an expired session token with the identity provider.\npub fn refresh_session_token(user: &User) -> Token {\n    provider().renew(user.token())\n}\n",
@@ -186,7 +186,7 @@ fn a_killed_indexer_leaves_an_index_that_answers_and_the_next_run_repairs() {
 }
 
 /// The all-MiniLM-L6-v2 GGUF the test set-up pulls (`scripts/test.sh`).
-fn minilm() -> PathBuf {
+pub(crate) fn minilm() -> PathBuf {
     let entry = troupe::models::catalog::find("all-minilm-l6-v2").expect("catalog entry");
     let path = troupe::paths::models_dir().join(entry.file_name);
     assert!(

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use crate::common::{Env, fixture_repo_in, model_lock, test_model};
 
 /// A tmux server of its own (its own socket), killed when dropped.
-struct Tmux {
+pub(crate) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
-    fn start(cwd: &Path, command: &str) -> Self {
-        let socket = format!("troupe-test-{}", std::process::id());
+    pub(crate) fn start(cwd: &Path, command: &str) -> Self {
+        // A server per test: tests of one process may run at the same time.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("troupe-test-{}-{n}", std::process::id());
         let t = Tmux { socket };
         let out = t.run(&[
             "new-session",
@@ -46,13 +49,13 @@ impl Tmux {
             .expect("tmux runs")
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "main"];
         args.extend_from_slice(keys);
         assert!(self.run(&args).status.success());
     }
 
-    fn text(&self, text: &str) {
+    pub(crate) fn text(&self, text: &str) {
         assert!(
             self.run(&["send-keys", "-t", "main", "-l", text])
                 .status
@@ -60,13 +63,18 @@ impl Tmux {
         );
     }
 
-    fn capture(&self) -> String {
+    pub(crate) fn capture(&self) -> String {
         String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "main"]).stdout)
             .into_owned()
     }
 
     /// Captures until `done` holds for the screen, or fails with the last screen at `limit`.
-    fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut(&str) -> bool) -> String {
+    pub(crate) fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let screen = self.capture();
@@ -100,7 +108,7 @@ fn greeting_repo(parent: &Path) -> PathBuf {
     dir
 }
 
-fn has_tmux() -> bool {
+pub(crate) fn has_tmux() -> bool {
     Command::new("tmux")
         .arg("-V")
         .output()

@@ -17,10 +17,12 @@
 //!   apply and discard.
 //! - [`ask`], [`explain`], [`rewrite`]: the editor's one-shot requests (questions, explanations,
 //!   proposed edits of a range); [`target`] checks the file and range they point at.
+//! - [`searcher`]: `troupe search` with the index and the embedding model kept open, for the
+//!   command and for a session's `Op::Search` (so a running instance answers it).
 //! - [`session`]: the facade the front ends share.
 //!
-//! Depends on engine, retrieve, git, config, models, protocol (and the chunker of `index` for
-//! the symbol map); front ends depend on this module and `protocol` only. Async (tokio): every agent turn is
+//! Depends on engine, retrieve, git, config, models, protocol (and of `index`, the chunker for
+//! the symbol map and the embedding model for searches); front ends depend on this module and `protocol` only. Async (tokio): every agent turn is
 //! a task; model requests go to the engine thread and stream back; commands run as child
 //! processes in their own process group.
 //!
@@ -41,6 +43,7 @@ pub mod rewrite;
 pub mod roles;
 pub mod rounds;
 pub mod search;
+pub mod searcher;
 pub mod session;
 pub mod store;
 pub mod target;

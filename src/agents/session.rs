@@ -18,11 +18,12 @@ use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart
 use super::review::{self, ModelIdentity};
 use super::roles::Roles;
 use super::search::{CodeSearch, IndexedSearch};
+use super::searcher::{SearchRequest, SearchService};
 use super::{Error, Result, store};
 use super::{ask, explain, rewrite};
 use crate::config::{BackendKind, Config};
 use crate::engine::{Backend, Engine, EngineOptions};
-use crate::protocol::{Event, EventMsg, Op, Submission};
+use crate::protocol::{Event, EventMsg, Op, SearchMode, Submission};
 
 /// How to start a session.
 #[derive(Debug, Clone)]
@@ -189,9 +190,22 @@ impl Session {
         let mut index_opts = crate::index::Options::default();
         index_opts.scan.max_file_bytes = options.config.index.max_file_bytes;
         index_opts.scan.exclude = options.config.index.exclude.clone();
-        tokio::spawn(core(
-            env, model, one_shot, review_cfg, index_opts, sub_rx, ev_tx,
-        ));
+        let searcher = match SearchService::start(
+            &options.repo,
+            options.config.clone(),
+            crate::models::Store::default(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot start the search thread: {e}");
+                None
+            }
+        };
+        let index = IndexSetup {
+            opts: index_opts,
+            searcher,
+        };
+        tokio::spawn(core(env, model, one_shot, review_cfg, index, sub_rx, ev_tx));
         Session {
             tx: sub_tx,
             rx: ev_rx,
@@ -209,6 +223,13 @@ impl Session {
     }
 }
 
+/// What index updates and searches need.
+struct IndexSetup {
+    opts: crate::index::Options,
+    /// `None`: the search thread did not start.
+    searcher: Option<SearchService>,
+}
+
 /// What reviews need besides the task environment.
 struct ReviewSetup {
     config: crate::config::ReviewConfig,
@@ -222,10 +243,14 @@ async fn core(
     model: String,
     one_shot: OneShot,
     review_setup: ReviewSetup,
-    index_opts: crate::index::Options,
+    index: IndexSetup,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
+    let IndexSetup {
+        opts: index_opts,
+        searcher,
+    } = index;
     let send = |id: &str, msg: EventMsg| {
         let _ = events.send(Event {
             id: id.to_string(),
@@ -300,31 +325,67 @@ async fn core(
                     ),
                 }
             }
-            Op::Search { query, limit } => {
+            Op::Search {
+                query,
+                limit,
+                mode: Some(mode),
+                files,
+            } => {
+                let req = SearchRequest {
+                    query,
+                    mode: match mode {
+                        SearchMode::Hybrid => crate::config::SearchMode::Hybrid,
+                        SearchMode::Bm25 => crate::config::SearchMode::Bm25,
+                        SearchMode::Vector => crate::config::SearchMode::Vector,
+                    },
+                    limit,
+                    files,
+                };
+                let (searcher, events, sub_id) = (searcher.clone(), events.clone(), id.clone());
+                let handle = tasks.spawn(async move {
+                    for msg in index_search(searcher, req).await {
+                        let _ = events.send(Event {
+                            id: sub_id.clone(),
+                            agent: None,
+                            msg,
+                        });
+                    }
+                });
+                track(&mut one_shots, id, handle);
+            }
+            Op::Search {
+                query,
+                limit,
+                mode: None,
+                ..
+            } => {
                 let root = env.repo_root.clone();
                 let search = Arc::clone(&env.search);
                 let limit = limit.unwrap_or(10);
-                let found =
-                    tokio::task::spawn_blocking(move || search.search(&root, &query, limit)).await;
-                match found {
-                    Ok(Ok(hits)) => send(
-                        &id,
-                        EventMsg::SearchResults {
+                let events = events.clone();
+                tasks.spawn(async move {
+                    let found =
+                        tokio::task::spawn_blocking(move || search.search(&root, &query, limit))
+                            .await;
+                    let msg = match found {
+                        Ok(Ok(hits)) => EventMsg::SearchResults {
                             results: hits
                                 .iter()
                                 .filter_map(|h| serde_json::to_value(h).ok())
                                 .collect(),
                         },
-                    ),
-                    Ok(Err(message)) => send(&id, EventMsg::Error { message, fix: None }),
-                    Err(e) => send(
-                        &id,
-                        EventMsg::Error {
+                        Ok(Err(message)) => EventMsg::Error { message, fix: None },
+                        Err(e) => EventMsg::Error {
                             message: format!("search failed: {e}"),
                             fix: None,
                         },
-                    ),
-                }
+                    };
+                    let _ = events.send(Event {
+                        id,
+                        agent: None,
+                        msg,
+                    });
+                });
             }
             Op::ApplyTask { task_id } => match store::apply_task(&env.repo_root, &task_id) {
                 Ok(_) => send(&id, EventMsg::TaskApplied { task_id }),
@@ -482,6 +543,36 @@ async fn core(
         tasks.abort_all();
     }
     send(&shutdown_id, EventMsg::ShutdownComplete);
+}
+
+/// The longest a search with a mode may take (the embedding model's first load included).
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The events answering a search with a mode: a `Warning` per note, then `SearchResults` (in
+/// the JSON-line shape of `troupe search`), or an `Error`.
+async fn index_search(searcher: Option<SearchService>, req: SearchRequest) -> Vec<EventMsg> {
+    let error = |message: String| vec![EventMsg::Error { message, fix: None }];
+    let Some(searcher) = searcher else {
+        return error("the search thread did not start; see .troupe/logs/troupe.log".into());
+    };
+    match tokio::time::timeout(SEARCH_TIMEOUT, searcher.search(req)).await {
+        Ok(Ok(found)) => {
+            let mut msgs: Vec<EventMsg> = found
+                .notes
+                .into_iter()
+                .map(|message| EventMsg::Warning { message })
+                .collect();
+            msgs.push(EventMsg::SearchResults {
+                results: found.results.iter().map(|r| r.to_json()).collect(),
+            });
+            msgs
+        }
+        Ok(Err(e)) => error(e.to_string()),
+        Err(_) => error(format!(
+            "the search did not finish within {} s",
+            SEARCH_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Budgets of one-shot requests (ask, explain, edit).

@@ -1244,3 +1244,55 @@ async fn engine_status_is_answered_by_its_id_and_a_back_end_without_figures_says
         other => panic!("expected the back end's refusal, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_search_with_a_mode_answers_with_the_notes_and_results_of_the_command() {
+    let dir = calc_repo();
+    crate::index::update(dir.path(), &Default::default(), &mut |_| {}).unwrap();
+    let mut config = config("true", 1);
+    config.model.embed = "/nonexistent/embed.gguf".into();
+    let mut session = session(Scripted::new(&[]), dir.path(), config.clone());
+    session
+        .submit(Submission {
+            id: "q".into(),
+            op: Op::Search {
+                query: "add".into(),
+                limit: Some(3),
+                mode: Some(crate::protocol::SearchMode::Hybrid),
+                files: true,
+            },
+        })
+        .unwrap();
+    let (mut warnings, mut results) = (Vec::new(), None);
+    while results.is_none() {
+        let event = tokio::time::timeout(Duration::from_secs(30), session.next_event())
+            .await
+            .expect("an answer within 30 s")
+            .expect("the session runs");
+        if event.id != "q" {
+            continue;
+        }
+        match event.msg {
+            EventMsg::Warning { message } => warnings.push(message),
+            EventMsg::SearchResults { results: r } => results = Some(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // What the command prints in-process for the same search.
+    let found = super::searcher::Searcher::new(dir.path(), config, crate::models::Store::default())
+        .search(&super::searcher::SearchRequest {
+            query: "add".into(),
+            mode: crate::config::SearchMode::Hybrid,
+            limit: Some(3),
+            files: true,
+        })
+        .unwrap();
+    assert_eq!(warnings, found.notes);
+    assert!(
+        warnings.iter().any(|w| w.starts_with("BM25 only: ")),
+        "{warnings:?}"
+    );
+    let want: Vec<serde_json::Value> = found.results.iter().map(|r| r.to_json()).collect();
+    assert!(!want.is_empty());
+    assert_eq!(results.unwrap(), want);
+}

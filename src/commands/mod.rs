@@ -26,6 +26,8 @@ pub struct Context {
     pub config_error: Option<String>,
     /// `--json`: machine-readable output on stdout.
     pub json: bool,
+    /// `--no-instance`: one-shot commands run in this process, never on a running instance.
+    pub no_instance: bool,
 }
 
 /// Exit codes of the command-line contract.

@@ -1,11 +1,12 @@
-//! Reuse of a running instance: `troupe lsp` listens on a Unix domain socket in the repository's
-//! `.troupe/editor.sock`, and the one-shot commands (`ask`, `explain`, `edit`, `review`) send
-//! their request there when it answers, instead of loading the model again.
+//! Reuse of a running instance: `troupe lsp` and the terminal UI listen on a Unix domain socket
+//! in the repository's `.troupe/editor.sock`, and the one-shot commands (`ask`, `explain`,
+//! `edit`, `review`, `search`) send their request there when it answers, instead of loading the
+//! model (and opening the index) again.
 //!
 //! The wire format is the protocol itself, one JSON object per line: the client writes a
 //! [`Submission`], the server writes back every [`Event`] of it (same id), ending with its
-//! `AskComplete`/`ExplainComplete`/`EditComplete`/`ReviewComplete` or `Error`. Only those four
-//! ops are served.
+//! `AskComplete`/`ExplainComplete`/`EditComplete`/`ReviewComplete`/`SearchResults` or `Error`
+//! ([`is_final`]). Only those five ops are served.
 //! A client keeps the connection open until its answers are complete: when it closes it (or
 //! dies), its unfinished requests are cancelled and their model sequences freed.
 //!
@@ -26,11 +27,28 @@ pub fn socket_path(repo: &Path) -> PathBuf {
 pub fn served(op: &Op) -> bool {
     matches!(
         op,
-        Op::Ask { .. } | Op::Explain { .. } | Op::Edit { .. } | Op::Review { .. }
+        Op::Ask { .. }
+            | Op::Explain { .. }
+            | Op::Edit { .. }
+            | Op::Review { .. }
+            | Op::Search { .. }
     )
 }
 
-pub use unix::{Listener, Remote, Request, connect, listen};
+/// Whether `msg` is the last event a served request gets.
+pub fn is_final(msg: &EventMsg) -> bool {
+    matches!(
+        msg,
+        EventMsg::AskComplete { .. }
+            | EventMsg::ExplainComplete { .. }
+            | EventMsg::EditComplete { .. }
+            | EventMsg::ReviewComplete { .. }
+            | EventMsg::SearchResults { .. }
+            | EventMsg::Error { .. }
+    )
+}
+
+pub use unix::{Incoming, Listener, Relay, Remote, Request, connect, listen};
 
 mod unix {
     use super::*;
@@ -144,6 +162,132 @@ mod unix {
         Some(Listener { path, task })
     }
 
+    /// A front end's service of the socket on its own session (the terminal UI): it listens,
+    /// hands each request to the front end under an id of its own ([`Relay::next`]), sends
+    /// the session's events for it back to its client and nowhere else ([`Relay::route`]),
+    /// and reports a client that disconnects so its request is cancelled. The socket file is
+    /// removed when the relay is dropped.
+    pub struct Relay {
+        listener: Option<Listener>,
+        requests: mpsc::UnboundedReceiver<Request>,
+        /// Session id -> (the client's id, its events).
+        clients: std::collections::HashMap<String, (String, mpsc::UnboundedSender<Event>)>,
+        next: u64,
+        gone_tx: mpsc::UnboundedSender<String>,
+        gone_rx: mpsc::UnboundedReceiver<String>,
+    }
+
+    /// What comes from the socket.
+    #[derive(Debug)]
+    pub enum Incoming {
+        /// A request, to submit to the session as it is.
+        Request(Submission),
+        /// The client of this (session) id went away before its answer was complete: cancel it.
+        Gone(String),
+    }
+
+    impl Relay {
+        /// Listens for clients of `repo`; when another instance listens already, carries on
+        /// without (no request ever comes).
+        pub async fn listen(repo: &Path) -> Relay {
+            let (tx, requests) = mpsc::unbounded_channel();
+            let listener = listen(repo, tx).await;
+            let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+            Relay {
+                listener,
+                requests,
+                clients: Default::default(),
+                next: 0,
+                gone_tx,
+                gone_rx,
+            }
+        }
+
+        /// Whether this relay holds the socket.
+        pub fn is_listening(&self) -> bool {
+            self.listener.is_some()
+        }
+
+        /// The next request or departed client; waits until there is one.
+        pub async fn next(&mut self) -> Incoming {
+            loop {
+                tokio::select! {
+                    Some(r) = self.requests.recv() => return Incoming::Request(self.accept(r)),
+                    Some(id) = self.gone_rx.recv() => {
+                        // A request answered already has nothing left to cancel.
+                        if self.clients.remove(&id).is_some() {
+                            return Incoming::Gone(id);
+                        }
+                    }
+                    else => std::future::pending::<()>().await,
+                }
+            }
+        }
+
+        fn accept(&mut self, r: Request) -> Submission {
+            let Request { submission, reply } = r;
+            self.next += 1;
+            let id = format!("socket-{}", self.next);
+            let (watch, gone, watched) = (reply.clone(), self.gone_tx.clone(), id.clone());
+            tokio::spawn(async move {
+                watch.closed().await;
+                let _ = gone.send(watched);
+            });
+            self.clients.insert(id.clone(), (submission.id, reply));
+            Submission {
+                id,
+                op: submission.op,
+            }
+        }
+
+        /// A session event: `None` when it belongs to a request from the socket (it went to
+        /// its client), else the event, for the front end itself.
+        pub fn route(&mut self, event: Event) -> Option<Event> {
+            let Some((id, reply)) = self.clients.get(&event.id) else {
+                return Some(event);
+            };
+            let last = is_final(&event.msg);
+            let _ = reply.send(Event {
+                id: id.clone(),
+                ..event
+            });
+            if last {
+                self.clients.remove(&event.id);
+            }
+            None
+        }
+
+        /// Requests from the socket not answered yet.
+        pub fn waiting(&self) -> usize {
+            self.clients.len()
+        }
+
+        /// Answers the request of session id `id` with an error (its submission failed).
+        pub fn fail(&mut self, id: &str, message: &str) {
+            if let Some((id, reply)) = self.clients.remove(id) {
+                let _ = reply.send(error(id, message));
+            }
+        }
+
+        /// Answers every waiting request with an error (the session stopped, or never started).
+        pub fn fail_all(&mut self, message: &str) {
+            for (_, (id, reply)) in self.clients.drain() {
+                let _ = reply.send(error(id, message));
+            }
+        }
+    }
+
+    fn error(id: String, message: &str) -> Event {
+        Event {
+            id,
+            agent: None,
+            msg: EventMsg::Error {
+                message: message.to_string(),
+                fix: None,
+            },
+        }
+    }
+
     async fn serve_client(stream: UnixStream, requests: mpsc::UnboundedSender<Request>) {
         let (read, mut write) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -174,7 +318,7 @@ mod unix {
                         agent: None,
                         msg: EventMsg::Error {
                             message:
-                                "only ask, explain, edit and review are served over the editor socket"
+                                "only ask, explain, edit, review and search are served over the editor socket"
                                     .into(),
                             fix: None,
                         },

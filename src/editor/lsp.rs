@@ -1278,6 +1278,7 @@ fn is_final(msg: &EventMsg) -> bool {
             | EventMsg::ExplainComplete { .. }
             | EventMsg::EditComplete { .. }
             | EventMsg::ReviewComplete { .. }
+            | EventMsg::SearchResults { .. }
             | EventMsg::Error { .. }
     )
 }

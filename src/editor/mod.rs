@@ -12,8 +12,8 @@
 //!   "lines_removed","stats":{...},"written"}`
 //!
 //! Files and ranges are checked before the model loads, so a bad location fails at once. When a
-//! `troupe lsp` of the repository is running, the one-shot commands send their request to it
-//! ([`instance`]) instead of loading the model again.
+//! `troupe lsp` or terminal UI of the repository is running, the one-shot commands send their
+//! request to it ([`instance`]) instead of loading the model again (`--no-instance`: never).
 
 #[cfg(unix)]
 pub mod instance;
@@ -191,9 +191,9 @@ pub fn edit(ctx: &Context, args: &EditArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// Submits `op` to the running instance of the repository (`troupe lsp`) when one listens,
-/// else to a session started here, and feeds its events to `handle` (with stdout) until it
-/// returns an exit code. An `Error` event ends the command with its message and fix.
+/// Submits `op` to the running instance of the repository (`troupe lsp`, the terminal UI)
+/// when one listens and `--no-instance` is not given, else to a session started here, and
+/// feeds its events to `handle` (with stdout) until it returns an exit code. An `Error` event ends the command with its message and fix.
 fn one_shot(
     ctx: &Context,
     repo: &Path,
@@ -210,7 +210,7 @@ fn one_shot(
             id: "editor".into(),
             op,
         };
-        let mut link = Link::open(repo, &ctx.config.config, &submission).await?;
+        let mut link = Link::open(repo, &ctx.config.config, &submission, !ctx.no_instance).await?;
         let mut out = std::io::stdout().lock();
         loop {
             // A generous bound: a slow CPU answers at a few tokens per second.
@@ -236,9 +236,9 @@ fn one_shot(
 }
 
 /// Where a one-shot request (ask, explain, edit, review) runs: the running instance of the
-/// repository (`troupe lsp`, through [`instance`]) when one listens, else a session started in
-/// this process. Either way the same events come back, so what a command prints does not
-/// depend on where it ran.
+/// repository (`troupe lsp` or the terminal UI, through [`instance`]) when one listens, else a
+/// session started in this process. Either way the same events come back, so what a command
+/// prints does not depend on where it ran.
 pub struct Link(LinkTo);
 
 enum LinkTo {
@@ -248,15 +248,17 @@ enum LinkTo {
 }
 
 impl Link {
-    /// Sends `submission` to the running instance if there is one, else starts a session with
-    /// `config` (loading the model) and submits it there.
+    /// Sends `submission` to the running instance if there is one (and `reuse` allows it:
+    /// `--no-instance` does not), else starts a session with `config` (loading the model) and
+    /// submits it there.
     pub async fn open(
         repo: &Path,
         config: &Config,
         submission: &Submission,
+        reuse: bool,
     ) -> anyhow::Result<Link> {
         #[cfg(unix)]
-        if let Some(mut remote) = instance::connect(repo).await {
+        if reuse && let Some(mut remote) = instance::connect(repo).await {
             match remote.submit(submission).await {
                 Ok(()) => {
                     tracing::info!("sent to the running instance of {}", repo.display());

@@ -40,11 +40,22 @@ pub enum Op {
     CancelAgent { agent: String },
     /// Answer a pending approval request for a command.
     Approval { call_id: String, approved: bool },
-    /// Search the repository index.
+    /// Search the repository index; answered by `SearchResults`.
+    ///
+    /// With a `mode`, exactly as `troupe search --mode` (the index alone: no index is an
+    /// `Error`, no match an empty list; results in its JSON-line shape; a `Warning` before the
+    /// results for each note it prints, such as "BM25 only: ..."). Without one, the search the
+    /// agents' tool does (the index, BM25, falling back to a scan of the files when there is no
+    /// index or it finds nothing).
     Search {
         query: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<SearchMode>,
+        /// One result per file (its best chunk); with a `mode` only.
+        #[serde(default, skip_serializing_if = "is_false")]
+        files: bool,
     },
     /// Bring a finished task's change onto the user's branch (only when it applies cleanly).
     ApplyTask { task_id: String },
@@ -105,6 +116,22 @@ pub enum Op {
     /// its `aggregate_tok_s` is 0 in such a snapshot), e.g. to see that a cancelled request
     /// freed its sequence. A back end without figures answers with an `Error`.
     EngineStatus,
+}
+
+/// Which rankers an `Op::Search` runs (`troupe search --mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// BM25 and vectors, fused.
+    Hybrid,
+    /// BM25 only.
+    Bm25,
+    /// Vectors only.
+    Vector,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// A saved task, as listings show it.
@@ -544,6 +571,37 @@ mod tests {
             r#"{"id":"1","op":{"type":"user_task","text":"add a flag"}}"#
         );
         assert_eq!(serde_json::from_str::<Submission>(&json).unwrap(), sub);
+    }
+
+    #[test]
+    fn a_search_with_a_mode_round_trips_and_one_without_keeps_its_old_shape() {
+        let sub = Submission {
+            id: "s".into(),
+            op: Op::Search {
+                query: "parse".into(),
+                limit: Some(3),
+                mode: Some(SearchMode::Bm25),
+                files: true,
+            },
+        };
+        let json = serde_json::to_string(&sub).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"s","op":{"type":"search","query":"parse","limit":3,"mode":"bm25","files":true}}"#
+        );
+        assert_eq!(serde_json::from_str::<Submission>(&json).unwrap(), sub);
+        let old = r#"{"id":"s","op":{"type":"search","query":"parse"}}"#;
+        let parsed: Submission = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            parsed.op,
+            Op::Search {
+                query: "parse".into(),
+                limit: None,
+                mode: None,
+                files: false,
+            }
+        );
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), old);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{RetrieveConfig, SearchMode};
 use crate::index::vectors::{Embed, VectorStore};
@@ -48,7 +48,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One search result: a chunk (or merged neighbouring chunks, or a file's best chunk).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchResult {
     /// Path relative to the repository root.
     pub path: String,

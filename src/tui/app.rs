@@ -329,6 +329,9 @@ pub struct App {
     pub quit: bool,
     /// Whether anything changed since the last frame.
     pub dirty: bool,
+    /// Requests from one-shot commands of other terminals (`troupe search`, `troupe ask`, ...)
+    /// this session is serving; only the status bar mentions them.
+    pub remote_requests: usize,
     next_id: u64,
     /// Asks running (id), so quitting knows work runs.
     asks: Vec<String>,
@@ -369,6 +372,7 @@ impl App {
             ticks: 0,
             quit: false,
             dirty: true,
+            remote_requests: 0,
             next_id: 1,
             asks: Vec::new(),
         }
@@ -854,6 +858,8 @@ impl App {
                         vec![Op::Search {
                             query: text,
                             limit: Some(20),
+                            mode: None,
+                            files: false,
                         }]
                     }
                     _ => self.start_task(text),

@@ -12,7 +12,14 @@
 //! The terminal is restored (raw mode off, main screen back) on every way out: a normal quit,
 //! an error, a panic (the hook) and SIGTERM/SIGHUP/SIGINT.
 //!
-//! Speaks only to [`crate::agents`] and [`crate::protocol`] (a test enforces it).
+//! While it runs it is the repository's instance, as `troupe lsp` is: it listens on
+//! `.troupe/editor.sock` ([`crate::editor::instance::Relay`]), so one-shot commands of other
+//! terminals (`troupe search`, `ask`, `explain`, `edit`, `review`) run on its session, with its
+//! loaded models. Their events go back to them and never onto the screen; the status bar counts
+//! them (`N remote`). When another instance listens already, the UI carries on without.
+//!
+//! Speaks only to [`crate::agents`] and [`crate::protocol`] (a test enforces it; the socket's
+//! transport in [`crate::editor::instance`] carries protocol messages only).
 
 pub mod app;
 pub mod bench;
@@ -112,6 +119,11 @@ async fn event_loop(
         app.width = size.width;
         app.height = size.height;
     }
+    // One-shot commands of other terminals (`troupe search`, `troupe ask`, ...) reuse this
+    // session through the socket, as they would a `troupe lsp`.
+    let mut served = Served::listen(&options.repo).await;
+    // Their requests that came before the session was ready.
+    let mut queued: Vec<Submission> = Vec::new();
     let mut starting = tokio::spawn(Session::start(options));
     let mut session: Option<Session> = None;
     let mut keys = EventStream::new();
@@ -132,6 +144,12 @@ async fn event_loop(
                 match started {
                     Ok(Ok(s)) => {
                         ops.push(Op::IndexStatus);
+                        for sub in queued.drain(..) {
+                            let id = sub.id.clone();
+                            if let Err(e) = s.submit(sub) {
+                                served.fail(&id, &e.to_string());
+                            }
+                        }
                         session = Some(s);
                     }
                     Ok(Err(e)) => {
@@ -139,11 +157,16 @@ async fn event_loop(
                             EventMsg::Error { message, fix } => (message, fix),
                             _ => (e.to_string(), None),
                         };
+                        served.fail_all(&message);
+                        queued.clear();
                         app.update(AppEvent::StartFailed { message, fix });
                     }
                     Err(e) => {
+                        let message = format!("starting the session failed: {e}");
+                        served.fail_all(&message);
+                        queued.clear();
                         app.update(AppEvent::StartFailed {
-                            message: format!("starting the session failed: {e}"),
+                            message,
                             fix: Some("see .troupe/logs/troupe.log".into()),
                         });
                     }
@@ -153,12 +176,34 @@ async fn event_loop(
             event = next_event(&mut session) => match event {
                 Some(e) => {
                     let done = matches!(e.msg, EventMsg::ShutdownComplete);
-                    app.update(AppEvent::Protocol(e));
+                    // Events of requests from other terminals go back to them, not on screen.
+                    if let Some(e) = served.route(e) {
+                        app.update(AppEvent::Protocol(e));
+                    }
                     if done {
                         break;
                     }
                 }
                 None => break,
+            },
+            incoming = served.next() => match (incoming, &session) {
+                (Incoming::Request(sub), Some(s)) => {
+                    let id = sub.id.clone();
+                    if let Err(e) = s.submit(sub) {
+                        served.fail(&id, &e.to_string());
+                    }
+                }
+                (Incoming::Request(sub), None) => match app.startup {
+                    app::Startup::Failed => served.fail(&sub.id, "the session of the troupe terminal UI did not start"),
+                    _ => queued.push(sub),
+                },
+                (Incoming::Gone(id), Some(s)) => {
+                    let _ = s.submit(Submission {
+                        id: format!("cancel-{id}"),
+                        op: Op::Cancel { id },
+                    });
+                }
+                (Incoming::Gone(id), None) => queued.retain(|q| q.id != id),
             },
             key = keys.next() => match key {
                 Some(Ok(TermEvent::Key(k))) => {
@@ -219,14 +264,55 @@ async fn event_loop(
         if quitting.is_some_and(|q| q.elapsed() > SHUTDOWN_WAIT) {
             break;
         }
+        if app.remote_requests != served.waiting() {
+            app.remote_requests = served.waiting();
+            app.dirty = true;
+        }
         if app.dirty && (draw_now || last_draw.elapsed() >= FRAME) {
             terminal.draw(|f| render(&app, f))?;
             app.dirty = false;
             last_draw = Instant::now();
         }
     }
+    served.fail_all("the troupe terminal UI quit before the answer was complete");
+    // `served` removes the socket file when dropped.
     Ok(())
 }
+
+#[cfg(unix)]
+use crate::editor::instance::{Incoming, Relay as Served};
+
+/// Without Unix domain sockets there is no instance to serve: nothing ever comes.
+#[cfg(not(unix))]
+mod no_socket {
+    use crate::protocol::{Event, Submission};
+
+    pub enum Incoming {
+        Request(Submission),
+        Gone(String),
+    }
+
+    pub struct Served;
+
+    impl Served {
+        pub async fn listen(_repo: &std::path::Path) -> Self {
+            Served
+        }
+        pub async fn next(&mut self) -> Incoming {
+            std::future::pending().await
+        }
+        pub fn route(&mut self, event: Event) -> Option<Event> {
+            Some(event)
+        }
+        pub fn waiting(&self) -> usize {
+            0
+        }
+        pub fn fail(&mut self, _id: &str, _message: &str) {}
+        pub fn fail_all(&mut self, _message: &str) {}
+    }
+}
+#[cfg(not(unix))]
+use no_socket::{Incoming, Served};
 
 /// SIGTERM, SIGHUP and SIGINT sent from outside (in raw mode Ctrl-C arrives as a key).
 struct Signals {

@@ -557,6 +557,10 @@ fn status_bar(app: &App, t: &Theme, frame: &mut Frame, area: Rect) {
         }
         None => "engine idle".to_string(),
     };
+    let engine = match app.remote_requests {
+        0 => engine,
+        n => format!("{engine}{sep}{n} remote"),
+    };
     let model = if narrow { clip(&model, 22) } else { model };
     let index = match &app.index {
         IndexView::Unknown => "index ?".to_string(),

@@ -456,7 +456,9 @@ fn a_search_shows_the_retrieval_results_in_a_pane() {
         app.update(key(KeyCode::Enter)),
         vec![Op::Search {
             query: "add numbers".into(),
-            limit: Some(20)
+            limit: Some(20),
+            mode: None,
+            files: false,
         }]
     );
     assert_eq!(app.focus, Pane::Search);
@@ -756,4 +758,21 @@ fn events_of_another_submission_do_not_touch_the_panes() {
         },
     ));
     assert_eq!(app.agents[0].lines, before);
+}
+
+#[test]
+fn requests_from_other_terminals_show_in_the_status_bar_only() {
+    let mut app = ready();
+    app.remote_requests = 2;
+    snapshot("serving_remote", &app);
+    let bar = |app: &App| {
+        let t = draw(app, 120, 40);
+        let buffer = t.backend().buffer().clone();
+        (0..120)
+            .map(|x| buffer[(x, 39)].symbol().to_string())
+            .collect::<String>()
+    };
+    assert!(bar(&app).contains("2 remote"), "{}", bar(&app));
+    app.remote_requests = 0;
+    assert!(!bar(&app).contains("remote"), "{}", bar(&app));
 }
