@@ -145,7 +145,11 @@ impl Searcher {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
             n => n as i32,
         };
-        let model = ModelEmbedder::load(&resolved.path, threads).map_err(|e| failed(chain(&e)))?;
+        let spec = resolved
+            .embedding()
+            .unwrap_or(crate::models::catalog::Embedding::UNKNOWN);
+        let model =
+            ModelEmbedder::load(&resolved.path, threads, &spec).map_err(|e| failed(chain(&e)))?;
         self.embedder = Some(SharedEmbedder(std::rc::Rc::new(std::cell::RefCell::new(
             model,
         ))));

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Context, exit, print, print_json};
 use crate::index::vectors::{self, Embed, ModelEmbedder};
 use crate::index::{self, Options, Progress};
-use crate::models::catalog::{self, Embedding};
+use crate::models::catalog::Embedding;
 use crate::models::{Role, Store};
 
 /// Arguments of `troupe index`.
@@ -165,13 +165,8 @@ fn resolve_embedder(ctx: &Context, store: &Store) -> anyhow::Result<(PathBuf, Op
     let resolved = store
         .resolve(name, Role::Embedding)
         .with_context(|| format!("the embedding model `{name}`"))?;
-    let entry = resolved.entry.or_else(|| {
-        resolved
-            .path
-            .file_name()
-            .and_then(|n| catalog::find_by_file_name(&n.to_string_lossy()))
-    });
-    Ok((resolved.path, entry.and_then(|e| e.embedding)))
+    let spec = resolved.embedding();
+    Ok((resolved.path, spec))
 }
 
 /// Loads the configured embedding model (`model.embed`, or `--embed-model`).

@@ -44,6 +44,20 @@ pub struct Resolved {
     pub entry: Option<&'static ModelEntry>,
 }
 
+impl Resolved {
+    /// How to use it as an embedding model when it is a catalog model (named, or given by the
+    /// path of its cache file): its prompts, input limit and vector size.
+    pub fn embedding(&self) -> Option<super::catalog::Embedding> {
+        self.entry
+            .or_else(|| {
+                self.path
+                    .file_name()
+                    .and_then(|n| super::catalog::find_by_file_name(&n.to_string_lossy()))
+            })
+            .and_then(|e| e.embedding)
+    }
+}
+
 /// The model cache directory.
 #[derive(Debug, Clone)]
 pub struct Store {
