@@ -17,6 +17,7 @@
 //!   apply and discard.
 //! - [`ask`], [`explain`], [`rewrite`]: the editor's one-shot requests (questions, explanations,
 //!   proposed edits of a range); [`target`] checks the file and range they point at.
+//! - [`complete`]: raw model requests and embeddings for `troupe serve` (no context, no tools).
 //! - [`session`]: the facade the front ends share.
 //!
 //! Depends on engine, retrieve, git, config, models, protocol (and the chunker of `index` for
@@ -31,6 +32,7 @@
 //! [`Error::Invariant`].
 
 pub mod ask;
+pub mod complete;
 pub mod context;
 pub mod edit;
 pub mod exec;

@@ -233,6 +233,9 @@ impl<W: Write> EventProcessor for HumanProgress<W> {
                 "proposed an edit of {}: +{} -{}",
                 p.path, p.lines_added, p.lines_removed
             ),
+            EventMsg::CompletionDelta { .. } | EventMsg::Embeddings { .. } => return Ok(()),
+            EventMsg::CompletionComplete { .. } => return Ok(()),
+            EventMsg::CompletionRejected { message, .. } => format!("rejected: {message}"),
         };
         writeln!(self.out, "{line}")
     }
