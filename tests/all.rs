@@ -11,4 +11,6 @@ mod index;
 mod neovim;
 mod review;
 mod run;
+#[cfg(unix)]
+mod serve;
 mod tui;
