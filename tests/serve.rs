@@ -500,6 +500,25 @@ fn concurrent_requests_share_the_engine_and_a_gone_client_frees_its_sequence() {
             && h["requests"]["running"] == 0
             && h["engine"]["active_sequences"] == 0
     });
+    // So does one that stops waiting for a whole answer.
+    let body =
+        json!({"prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": true}).to_string();
+    let mut conn = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_health(&server, Duration::from_secs(15), |h| {
+        h["engine"]["active_sequences"] == 1
+    });
+    drop(conn);
+    wait_health(&server, Duration::from_secs(15), |h| {
+        h["requests"]["cancelled"] == 2
+            && h["requests"]["running"] == 0
+            && h["engine"]["active_sequences"] == 0
+    });
     // ... and the server goes on serving at once.
     let started = Instant::now();
     let (status, v) = server.post(

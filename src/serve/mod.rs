@@ -87,7 +87,7 @@ async fn serve(ctx: &Context, addr: SocketAddr) -> anyhow::Result<u8> {
     let bound = listener.local_addr().context("reading the bound address")?;
     if !bound.ip().is_loopback() {
         eprintln!(
-            "warning: troupe serve listens on {bound}, reachable from other machines, and its API has no authentication: anyone who reaches it can use the model (and the one-shot commands read the repository); listen on 127.0.0.1 unless that is what you want"
+            "warning: troupe serve listens on {bound}, reachable from other machines, and its API has no authentication: anyone who reaches it can use the model; listen on 127.0.0.1 unless that is what you want"
         );
     }
     // Outside a repository there is no socket and no repository context (completions need none).
