@@ -17,8 +17,9 @@
 //!    `grammars/gbnf/*.gbnf`) driven by an orchestrator behind a `Session` that takes
 //!    [`protocol::Submission`]s and emits [`protocol::Event`]s.
 //!
-//! The front ends (terminal UI, headless CI commands, editor commands and language server) speak
-//! only to the session and the protocol. `models` and `config` are the foundation every layer
+//! The front ends (terminal UI, headless CI commands, editor commands and language server, and
+//! `serve`, the OpenAI-compatible HTTP API over the same session) speak only to the session and
+//! the protocol. `models` and `config` are the foundation every layer
 //! reads: the model catalog and cache, and the layered configuration.
 
 pub mod agents;
@@ -34,4 +35,5 @@ pub mod models;
 pub mod paths;
 pub mod protocol;
 pub mod retrieve;
+pub mod serve;
 pub mod tui;

@@ -116,6 +116,9 @@ enum Command {
     },
     /// Language server over stdio (code actions: explain, edit selection, review file).
     Lsp,
+    /// OpenAI-compatible HTTP API over the shared engine (loopback by default, no
+    /// authentication); also serves the one-shot commands of the repository over its socket.
+    Serve(troupe::serve::ServeArgs),
     /// Run a writer/reviewer/tester task headless (exit 0 converged, 1 not converged).
     Run {
         /// What to do; `-` reads it from stdin.
@@ -400,6 +403,7 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
             },
         ),
         Command::Lsp => troupe::editor::lsp::run(&ctx),
+        Command::Serve(args) => troupe::serve::run(&ctx, args),
         Command::Run {
             task,
             max_rounds,

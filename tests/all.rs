@@ -12,4 +12,6 @@ mod instance;
 mod neovim;
 mod review;
 mod run;
+#[cfg(unix)]
+mod serve;
 mod tui;

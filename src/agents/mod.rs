@@ -19,6 +19,7 @@
 //!   proposed edits of a range); [`target`] checks the file and range they point at.
 //! - [`searcher`]: `troupe search` with the index and the embedding model kept open, for the
 //!   command and for a session's `Op::Search` (so a running instance answers it).
+//! - [`complete`]: raw model requests and embeddings for `troupe serve` (no context, no tools).
 //! - [`session`]: the facade the front ends share.
 //!
 //! Depends on engine, retrieve, git, config, models, protocol (and of `index`, the chunker for
@@ -33,6 +34,7 @@
 //! [`Error::Invariant`].
 
 pub mod ask;
+pub mod complete;
 pub mod context;
 pub mod edit;
 pub mod exec;

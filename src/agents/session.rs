@@ -20,7 +20,7 @@ use super::roles::Roles;
 use super::search::{CodeSearch, IndexedSearch};
 use super::searcher::{SearchRequest, SearchService};
 use super::{Error, Result, store};
-use super::{ask, explain, rewrite};
+use super::{ask, complete, explain, rewrite};
 use crate::config::{BackendKind, Config};
 use crate::engine::{Backend, Engine, EngineOptions};
 use crate::protocol::{Event, EventMsg, Op, SearchMode, Submission};
@@ -205,7 +205,13 @@ impl Session {
             opts: index_opts,
             searcher,
         };
-        tokio::spawn(core(env, model, one_shot, review_cfg, index, sub_rx, ev_tx));
+        let embeddings = Arc::new(complete::Embeddings::new(
+            &options.config.model.embed,
+            options.config.engine.threads,
+        ));
+        tokio::spawn(core(
+            env, model, one_shot, review_cfg, index, embeddings, sub_rx, ev_tx,
+        ));
         Session {
             tx: sub_tx,
             rx: ev_rx,
@@ -238,12 +244,14 @@ struct ReviewSetup {
 }
 
 /// The session's own loop: dispatches ops, owns the running tasks.
+#[allow(clippy::too_many_arguments)] // one per part of the environment; a struct adds nothing
 async fn core(
     env: TaskEnv,
     model: String,
     one_shot: OneShot,
     review_setup: ReviewSetup,
     index: IndexSetup,
+    embeddings: Arc<complete::Embeddings>,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -514,6 +522,22 @@ async fn core(
                 track(&mut one_shots, id, handle);
             }
             Op::EngineStatus => send(&id, metrics.snapshot()),
+            Op::Complete { request } => {
+                let backend = Arc::clone(&env.backend);
+                let emit = raw_emitter(&events, id.clone());
+                let handle = tasks.spawn(async move {
+                    complete::complete(backend.as_ref(), request, &emit).await;
+                });
+                track(&mut one_shots, id, handle);
+            }
+            Op::Embed { input } => {
+                let embeddings = Arc::clone(&embeddings);
+                let emit = raw_emitter(&events, id.clone());
+                let handle = tasks.spawn(async move {
+                    emit(embeddings.embed(input).await);
+                });
+                track(&mut one_shots, id, handle);
+            }
             Op::Cancel { id: target } => {
                 // Aborting the request's task drops its model streams; the engine frees them.
                 if let Some(handle) = one_shots.remove(&target)
@@ -618,6 +642,21 @@ fn emitter(
         let _ = events.send(Event {
             id: id.clone(),
             agent: Some(agent.to_string()),
+            msg,
+        });
+    }
+}
+
+/// Sends the events of raw model request `id` (no agent produced them).
+fn raw_emitter(
+    events: &mpsc::UnboundedSender<Event>,
+    id: String,
+) -> impl Fn(EventMsg) + Send + Sync + 'static {
+    let events = events.clone();
+    move |msg: EventMsg| {
+        let _ = events.send(Event {
+            id: id.clone(),
+            agent: None,
             msg,
         });
     }

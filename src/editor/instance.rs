@@ -179,6 +179,7 @@ mod unix {
 
     /// What comes from the socket.
     #[derive(Debug)]
+    #[allow(clippy::large_enum_variant)] // short-lived, one per client line
     pub enum Incoming {
         /// A request, to submit to the session as it is.
         Request(Submission),

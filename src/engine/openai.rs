@@ -83,6 +83,8 @@ impl OpenAiBackend {
             "top_k": if s.is_greedy() { 1 } else { s.top_k },
             "min_p": s.min_p,
             "repeat_penalty": s.repeat_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
             "seed": s.seed,
             "cache_prompt": true,
         });

@@ -76,8 +76,12 @@ pub struct Sampling {
     pub min_p: f32,
     /// Penalty for repeating recent tokens (1.0 = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at.
+    /// How many recent tokens the repeat, frequency and presence penalties look at.
     pub repeat_last_n: i32,
+    /// Subtracted from a token's logit once per occurrence among the recent tokens (0 = off).
+    pub frequency_penalty: f32,
+    /// Subtracted from a token's logit if it occurs among the recent tokens (0 = off).
+    pub presence_penalty: f32,
     /// Random seed for non-greedy sampling.
     pub seed: u32,
 }
@@ -98,6 +102,8 @@ impl Sampling {
             min_p: 0.0,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
         }
     }

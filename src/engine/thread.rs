@@ -539,13 +539,16 @@ impl Engine {
                 .collect();
             chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
         }
-        if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
+        if (s.repeat_penalty - 1.0).abs() > f32::EPSILON
+            || s.frequency_penalty != 0.0
+            || s.presence_penalty != 0.0
+        {
             chain.push(LlamaSampler::penalties(
                 n_vocab,
                 s.repeat_last_n.max(0),
                 s.repeat_penalty,
-                0.0,
-                0.0,
+                s.frequency_penalty,
+                s.presence_penalty,
             ));
         }
         let grammar = match &request.constraint {

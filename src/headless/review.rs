@@ -114,7 +114,7 @@ pub fn run(ctx: &Context, args: &ReviewArgs) -> anyhow::Result<u8> {
         // (and so every format) comes back the same as from a session of this process.
         let mut link = Link::open(&repo, config, &submission, !ctx.no_instance).await?;
         if link.is_remote() {
-            eprintln!("review: sent to the running troupe instance of this repository (troupe lsp or the terminal UI)");
+            eprintln!("review: sent to the running troupe instance of this repository (troupe lsp, troupe serve or the terminal UI)");
         }
         let mut err = std::io::stderr();
         loop {

@@ -116,6 +116,108 @@ pub enum Op {
     /// its `aggregate_tok_s` is 0 in such a snapshot), e.g. to see that a cancelled request
     /// freed its sequence. A back end without figures answers with an `Error`.
     EngineStatus,
+    /// Generate text from a prompt with the model directly: no repository context, no tools
+    /// (`troupe serve`). Answered by `CompletionDelta`s, then one `CompletionComplete`, or one
+    /// `CompletionRejected` (the request cannot be served as given) or `Error`. Cancellable with
+    /// `Cancel`, which frees its model sequence.
+    Complete { request: CompletionRequest },
+    /// Embed texts with the embedding model (`troupe serve`): answered by one `Embeddings` (one
+    /// vector per text, in order) or an `Error`. The model loads on the first such request.
+    Embed { input: Vec<String> },
+}
+
+/// A raw model request, as OpenAI-compatible clients send it. Settings left `None` take the
+/// model's defaults (greedy decoding, no limit but the sequence's context).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: CompletionPrompt,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// 0 (or none): greedy decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u32>,
+    /// Multiplies down the odds of recently generated tokens (1: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f32>,
+    /// Subtracted from a token's logit once per time it occurred (0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Subtracted from a token's logit once it occurred (0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Generation stops before the first of these strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Keep generating past the model's end-of-generation tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
+    /// The formal language the output must follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// What a raw model request continues from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CompletionPrompt {
+    /// Chat messages, rendered with the model's chat template, answered as the assistant.
+    Messages { messages: Vec<ChatTurn> },
+    /// Raw text, continued as is.
+    Text { text: String },
+}
+
+impl Default for CompletionPrompt {
+    fn default() -> Self {
+        Self::Text {
+            text: String::new(),
+        }
+    }
+}
+
+/// One chat message of a raw model request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatTurn {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// A formal language a raw model request's output follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutputConstraint {
+    /// A GBNF grammar (llama.cpp's), start rule `root`.
+    Gbnf { grammar: String },
+    /// A JSON schema the output is an instance of.
+    JsonSchema { schema: serde_json::Value },
+}
+
+/// Why a raw model request stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionFinish {
+    /// The model ended its answer, or a stop string matched.
+    Stop,
+    /// `max_tokens` was reached, or the sequence's context is full.
+    Length,
+}
+
+/// The part of a raw model request a rejection is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestPart {
+    /// The messages or prompt text (too long, empty, not renderable).
+    Prompt,
+    /// The grammar or JSON schema.
+    Constraint,
 }
 
 /// Which rankers an `Op::Search` runs (`troupe search --mode`).
@@ -491,6 +593,31 @@ pub enum EventMsg {
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         commit: Option<String>,
+    },
+    /// Text generated for a `Complete` request.
+    CompletionDelta {
+        delta: String,
+    },
+    /// A `Complete` request finished: the whole text (after its deltas), why it stopped, the
+    /// stats.
+    CompletionComplete {
+        text: String,
+        finish_reason: CompletionFinish,
+        stats: RequestStats,
+    },
+    /// A `Complete` request cannot be served as given (a prompt longer than the context, a
+    /// grammar or schema the model's sampler rejects); `part` says what to change.
+    CompletionRejected {
+        message: String,
+        part: RequestPart,
+    },
+    /// The answer to `Embed`: one unit-length vector per input text, in order.
+    Embeddings {
+        /// The embedding model's file name.
+        model: String,
+        vectors: Vec<Vec<f32>>,
+        /// Tokens of all inputs together.
+        prompt_tokens: u32,
     },
 }
 

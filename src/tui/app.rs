@@ -725,6 +725,11 @@ impl App {
             | EventMsg::ReviewComplete { .. } => {}
             // Editor one-shots (`explain`, `edit`) are not started from the terminal UI.
             EventMsg::ExplainComplete { .. } | EventMsg::EditComplete { .. } => {}
+            // Raw completions and embeddings are `troupe serve`'s.
+            EventMsg::CompletionDelta { .. }
+            | EventMsg::CompletionComplete { .. }
+            | EventMsg::CompletionRejected { .. }
+            | EventMsg::Embeddings { .. } => {}
         }
     }
 
