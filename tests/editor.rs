@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Env, fixture_repo, model_lock, stderr, stdout, test_model};
+use crate::common::{
+    Env, explain_through_instance, fixture_repo, model_lock, stderr, stdout, test_model,
+};
 
 const MONEY: &str = "def add_cents(a, b):\n    \"\"\"Adds two amounts given in cents.\"\"\"\n    return a + b\n\n\ndef format_cents(c):\n    return f\"{c // 100}.{c % 100:02d}\"\n\n\ndef parse_cents(text):\n    units, cents = text.split(\".\")\n    return int(units) * 100 + int(cents)\n";
 
@@ -602,22 +604,7 @@ fn one_shot_commands_reuse_a_running_language_server() {
 
     // A model path that does not exist: run in-process, this would fail; the running server's
     // model answers instead.
-    let out = env.troupe(
-        repo.path(),
-        &[
-            "--model",
-            "/nonexistent/model.gguf",
-            "--json",
-            "explain",
-            "--file",
-            "src/money.py",
-            "--range",
-            "6:7",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert!(!v["explanation"].as_str().unwrap().is_empty(), "{v}");
+    let v = explain_through_instance(&env, repo.path(), "src/money.py", "6:7");
     assert_eq!(v["citations"][0]["start_line"], 6);
 
     lsp.request(

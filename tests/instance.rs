@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, fixture_repo, model_lock, stderr, stdout, test_model};
+use crate::common::{
+    Env, explain_through_instance, fixture_repo, model_lock, stderr, stdout, test_model,
+};
 use crate::index::{FILES, minilm};
 use crate::tui::{Tmux, has_tmux};
 
@@ -335,22 +337,7 @@ fn one_shot_commands_of_another_terminal_reach_a_running_terminal_ui() {
     );
 
     // A model that does not exist: in-process this would fail; the UI's model answers.
-    let out = env.troupe(
-        repo.path(),
-        &[
-            "--model",
-            "/nonexistent/model.gguf",
-            "--json",
-            "explain",
-            "--file",
-            "src/auth/session.rs",
-            "--range",
-            "1:3",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert!(!v["explanation"].as_str().unwrap().is_empty(), "{v}");
+    let v = explain_through_instance(&env, repo.path(), "src/auth/session.rs", "1:3");
     assert_eq!(v["citations"][0]["end_line"], 3);
 
     // The same for the embedding model of a vector search.

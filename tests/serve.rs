@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Env, fixture_repo, model_lock, stderr, stdout, test_model};
+use crate::common::{
+    Env, explain_through_instance, fixture_repo, model_lock, stderr, stdout, test_model,
+};
 
 const LOAD: Duration = Duration::from_secs(120);
 const CALL: Duration = Duration::from_secs(120);
@@ -591,22 +593,7 @@ fn troupe_itself_uses_serve_over_http_and_over_the_repository_socket() {
 
     // A one-shot command in the served repository runs on the server's model over the socket
     // (its own --model does not exist: in-process it would fail).
-    let out = env.troupe(
-        repo.path(),
-        &[
-            "--model",
-            "/nonexistent/model.gguf",
-            "--json",
-            "explain",
-            "--file",
-            "src/money.py",
-            "--range",
-            "1:3",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert!(!v["explanation"].as_str().unwrap().is_empty(), "{v}");
+    let v = explain_through_instance(&env, repo.path(), "src/money.py", "1:3");
     assert_eq!(v["citations"][0]["end_line"], 3);
     let health = server.health();
     assert!(

@@ -168,3 +168,31 @@ pub static MODEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn model_lock() -> std::sync::MutexGuard<'static, ()> {
     MODEL.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// `troupe --json explain --file FILE --range RANGE` in `repo` with a chat model that does not
+/// exist, so that only a running instance of the repository (whose model answers) can succeed.
+/// Asserts that it did and that the explanation is not empty; returns the answer.
+pub fn explain_through_instance(
+    env: &Env,
+    repo: &Path,
+    file: &str,
+    range: &str,
+) -> serde_json::Value {
+    let out = env.troupe(
+        repo,
+        &[
+            "--model",
+            "/nonexistent/model.gguf",
+            "--json",
+            "explain",
+            "--file",
+            file,
+            "--range",
+            range,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(!v["explanation"].as_str().unwrap().is_empty(), "{v}");
+    v
+}
