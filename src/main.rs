@@ -47,7 +47,7 @@ struct Global {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// Run one-shot commands (ask, explain, edit, review, search) in this process even when a
-    /// `troupe lsp` or terminal UI of the repository is running.
+    /// `troupe lsp`, `troupe serve` or terminal UI of the repository is running.
     #[arg(long, global = true)]
     no_instance: bool,
 }
