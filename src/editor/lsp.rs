@@ -1167,7 +1167,7 @@ impl Server {
             return self.send(&json!({"jsonrpc": "2.0", "id": request, "result": status}));
         }
         if let Some((id, reply)) = self.remote.get(&event.id) {
-            let last = is_final(&event.msg);
+            let last = super::instance::is_final(&event.msg);
             let _ = reply.send(Event {
                 id: id.clone(),
                 ..event.clone()
@@ -1177,7 +1177,7 @@ impl Server {
             }
             return Ok(());
         }
-        if !is_final(&event.msg) {
+        if !super::instance::is_final(&event.msg) {
             return self.report(&event.id, &event.msg);
         }
         let Some(p) = self.pending.remove(&event.id) else {
@@ -1268,19 +1268,6 @@ impl Server {
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     }
-}
-
-/// Whether `msg` ends a one-shot request.
-fn is_final(msg: &EventMsg) -> bool {
-    matches!(
-        msg,
-        EventMsg::AskComplete { .. }
-            | EventMsg::ExplainComplete { .. }
-            | EventMsg::EditComplete { .. }
-            | EventMsg::ReviewComplete { .. }
-            | EventMsg::SearchResults { .. }
-            | EventMsg::Error { .. }
-    )
 }
 
 /// Starts the session, loading the model; the error says what failed and the fix.

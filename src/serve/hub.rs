@@ -255,17 +255,12 @@ fn stopping() -> EventMsg {
 
 /// Whether `msg` ends the request it answers.
 fn is_final(msg: &EventMsg) -> bool {
-    matches!(
-        msg,
-        EventMsg::CompletionComplete { .. }
-            | EventMsg::CompletionRejected { .. }
-            | EventMsg::Embeddings { .. }
-            | EventMsg::AskComplete { .. }
-            | EventMsg::ExplainComplete { .. }
-            | EventMsg::EditComplete { .. }
-            | EventMsg::ReviewComplete { .. }
-            | EventMsg::SearchResults { .. }
-            | EventMsg::EngineMetrics { .. }
-            | EventMsg::Error { .. }
-    )
+    crate::editor::instance::is_final(msg)
+        || matches!(
+            msg,
+            EventMsg::CompletionComplete { .. }
+                | EventMsg::CompletionRejected { .. }
+                | EventMsg::Embeddings { .. }
+                | EventMsg::EngineMetrics { .. }
+        )
 }
