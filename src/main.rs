@@ -284,6 +284,16 @@ fn run(cli: Cli, verbosity: i8) -> anyhow::Result<u8> {
             toml::Value::String(m.clone()),
         )?;
     }
+    // Fusion settings tuned for the embedding model, where the configuration keeps defaults.
+    if let Some((id, fusion)) = troupe::models::catalog::tuned_fusion(&config.config.model.embed) {
+        for (key, value) in [
+            ("retrieve.rrf_k", fusion.rrf_k),
+            ("retrieve.vector_weight", fusion.vector_weight),
+            ("retrieve.file_decay", fusion.file_decay),
+        ] {
+            config.apply_model_default(key, id, toml::Value::Float(value))?;
+        }
+    }
 
     let log_dir = match &repo {
         Some(r) => troupe::paths::state_dir(r).join("logs"),

@@ -248,7 +248,7 @@ fn tune(
     let base = Params::from_config(&ctx.config.config.retrieve);
     let mut rows: Vec<(f64, f64, Params)> = Vec::new();
     for rrf_k in [5.0, 10.0, 20.0, 30.0, 60.0, 100.0] {
-        for vector_weight in [0.5, 0.75, 1.0, 1.5, 2.0, 3.0] {
+        for vector_weight in [0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0] {
             for signal_weight in [0.0, 0.25, 0.5, 1.0] {
                 for file_decay in [0.0, 0.2, 0.5] {
                     let params = Params {

@@ -190,6 +190,7 @@ pub struct RetrieveConfig {
     pub bm25_weight: f64,
     pub vector_weight: f64,
     pub signal_weight: f64,
+    pub file_decay: f64,
     pub context_tokens: u32,
 }
 
@@ -203,6 +204,7 @@ impl Default for RetrieveConfig {
             bm25_weight: 1.0,
             vector_weight: 1.0,
             signal_weight: 0.0,
+            file_decay: 0.2,
             context_tokens: 3000,
         }
     }
@@ -379,6 +381,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "weight of query words naming a result's file or symbol, in first-rank fusion units (0: off)",
     ),
     (
+        "retrieve.file_decay",
+        "with one result per file, a file's n-th best chunk counts DECAY^(n-1) of its score (0: the best chunk alone)",
+    ),
+    (
         "retrieve.context_tokens",
         "token budget for repository context packed into a prompt",
     ),
@@ -529,6 +535,9 @@ impl Config {
         if self.retrieve.vector_weight < 0.0 {
             out.push(("retrieve.vector_weight", "must not be negative".to_string()));
         }
+        if !(0.0..=1.0).contains(&self.retrieve.file_decay) {
+            out.push(("retrieve.file_decay", "must be between 0 and 1".to_string()));
+        }
         if self.retrieve.limit == 0 {
             out.push(("retrieve.limit", "must be at least 1".to_string()));
         }
@@ -555,8 +564,14 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     Default,
-    File { path: PathBuf, line: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+    },
     Flag(String),
+    /// Tuned for the model named (e.g. fusion settings for an embedding model): it replaces
+    /// a default, never a value set in a file or by a flag.
+    Model(String),
 }
 
 impl fmt::Display for Origin {
@@ -565,6 +580,7 @@ impl fmt::Display for Origin {
             Origin::Default => f.write_str("default"),
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Flag(flag) => write!(f, "command line {flag}"),
+            Origin::Model(model) => write!(f, "tuned for the model {model}"),
         }
     }
 }
@@ -670,6 +686,29 @@ impl Loaded {
         self.origins
             .insert(key.to_string(), Origin::Flag(flag.to_string()));
         Ok(())
+    }
+
+    /// Sets `key` to a value tuned for `model`, unless a file or a flag set it: an explicit
+    /// setting always wins. Returns whether the value was applied.
+    pub fn apply_model_default(&mut self, key: &str, model: &str, value: Value) -> Result<bool> {
+        if self.origin(key) != Origin::Default {
+            return Ok(false);
+        }
+        let bad = |message: String| Error::BadFlag {
+            flag: format!("(the settings tuned for {model})"),
+            message,
+        };
+        let mut candidate = self.merged.clone();
+        set_path(&mut candidate, key, value).map_err(bad)?;
+        let config = to_config(&candidate).map_err(bad)?;
+        if let Some((_, problem)) = config.problems().into_iter().find(|(k, _)| *k == key) {
+            return Err(bad(problem));
+        }
+        self.merged = candidate;
+        self.config = config;
+        self.origins
+            .insert(key.to_string(), Origin::Model(model.to_string()));
+        Ok(true)
     }
 
     /// Where `key` got its value.
@@ -962,6 +1001,37 @@ mod tests {
         documented.sort();
         assert_eq!(keys, documented);
         assert!(DOCS.iter().all(|(_, doc)| !doc.trim().is_empty()));
+    }
+
+    #[test]
+    fn a_model_tuned_value_replaces_a_default_but_never_a_file_or_a_flag() {
+        let mut loaded = apply("[retrieve]\nrrf_k = 30\n").unwrap();
+        loaded
+            .apply_flag("retrieve.file_decay", "--file-decay", Value::Float(0.0))
+            .unwrap();
+        let mut tuned = |key: &str, v: f64| {
+            loaded
+                .apply_model_default(key, "embeddinggemma-300m", Value::Float(v))
+                .unwrap()
+        };
+        assert!(!tuned("retrieve.rrf_k", 60.0));
+        assert!(!tuned("retrieve.file_decay", 0.5));
+        assert!(tuned("retrieve.vector_weight", 3.0));
+        let r = &loaded.config.retrieve;
+        assert_eq!((r.rrf_k, r.file_decay, r.vector_weight), (30.0, 0.0, 3.0));
+        assert_eq!(
+            loaded.origin("retrieve.vector_weight").to_string(),
+            "tuned for the model embeddinggemma-300m"
+        );
+        assert!(loaded.render().contains(
+            "# from: tuned for the model embeddinggemma-300m\nretrieve.vector_weight = 3.0\n"
+        ));
+        // A tuned value is checked like any other.
+        assert!(
+            loaded
+                .apply_model_default("retrieve.signal_weight", "m", Value::Float(-1.0))
+                .is_err()
+        );
     }
 
     #[test]

@@ -119,8 +119,7 @@ impl Params {
             vector_weight: c.vector_weight,
             signal_weight: c.signal_weight,
             merge: true,
-            // Tuned with `eval retrieval --tune` (BENCHMARKS.md).
-            file_decay: 0.2,
+            file_decay: c.file_decay,
         }
     }
 }
