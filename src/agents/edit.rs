@@ -2,7 +2,11 @@
 //!
 //! Every path an agent names is relative to the task's worktree; absolute paths, `..`, anything
 //! under `.git` or `.troupe`, and symlinks leading out of the worktree are refused (a policy
-//! denial, distinct from an edit that fails to match). Pure file operations; no git, no engine.
+//! denial, distinct from an edit that fails to match). An edit that would leave a file of a
+//! language with a tree-sitter grammar unparsable, when it parsed before, is refused with the
+//! line of the error: small models otherwise pile edit upon broken edit. A successful edit
+//! answers with the lines around it as they now read. Pure file operations (and the index's
+//! grammars); no git, no engine.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -108,6 +112,12 @@ pub fn apply_edit(
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
+        let old = if existed {
+            std::fs::read_to_string(&full).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        refuse_new_syntax_errors(rel, &old, &text)?;
         std::fs::write(&full, &text)
             .map_err(|e| EditError::Failed(format!("cannot write {rel}: {e}")))?;
         let verb = if existed { "rewrote" } else { "created" };
@@ -133,18 +143,90 @@ pub fn apply_edit(
         1 => {
             let line = text[..text.find(search).unwrap_or(0)].matches('\n').count() + 1;
             let new = text.replacen(search, replace, 1);
-            std::fs::write(&full, new)
+            refuse_new_syntax_errors(rel, &text, &new)?;
+            std::fs::write(&full, &new)
                 .map_err(|e| EditError::Failed(format!("cannot write {rel}: {e}")))?;
+            let added = count_lines(replace);
             Ok(format!(
-                "replaced {} lines with {} lines at line {line} of {rel}",
+                "replaced {} lines with {added} lines at line {line} of {rel}; {}",
                 count_lines(search),
-                count_lines(replace)
+                around(&new, line, added)
             ))
         }
         n => Err(EditError::Failed(format!(
             "the search text matches {n} places in {rel}; nothing was changed. Include more surrounding lines so it matches exactly once"
         ))),
     }
+}
+
+/// Lines shown around an edit at most (the edited lines and two on each side).
+const SHOWN_LINES: usize = 30;
+
+/// The lines from two before `line` to two after the `added` lines that start there, numbered:
+/// what the model needs to see that its edit landed as meant.
+fn around(text: &str, line: usize, added: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = line.saturating_sub(2).max(1);
+    let last = (line + added.max(1) + 1)
+        .min(lines.len())
+        .min(first + SHOWN_LINES - 1);
+    if lines.is_empty() || first > last {
+        return "the file is now empty".to_string();
+    }
+    let mut out = format!("lines {first}-{last} now read:");
+    for n in first..=last {
+        out.push_str(&format!("\n{n:>4} | {}", lines[n - 1]));
+    }
+    out
+}
+
+/// Refuses `new` when tree-sitter finds a syntax error in it that `old` did not have (a file
+/// that was already broken may be fixed one edit at a time). Languages without a grammar here
+/// are not checked.
+fn refuse_new_syntax_errors(rel: &str, old: &str, new: &str) -> Result<(), EditError> {
+    let Some((line, near)) = syntax_error(rel, new) else {
+        return Ok(());
+    };
+    if syntax_error(rel, old).is_some() {
+        return Ok(());
+    }
+    Err(EditError::Failed(format!(
+        "the edit was not applied: {rel} would not parse afterwards (a syntax error at line {line}: `{near}`); nothing was changed. Send complete, correctly indented code"
+    )))
+}
+
+/// The first syntax error in `text` parsed as the language of `rel`: its line (1-based) and
+/// that line's text; `None` when it parses or the language has no grammar here.
+fn syntax_error(rel: &str, text: &str) -> Option<(usize, String)> {
+    let lang = crate::index::chunk::language_for_path(rel)?;
+    let crate::index::chunk::Syntax::TreeSitter { grammar, .. } = &lang.syntax else {
+        return None;
+    };
+    let mut parser = tree_sitter::Parser::new();
+    parser.set_language(&grammar()).ok()?;
+    let tree = parser.parse(text, None)?;
+    let mut node = tree.root_node();
+    if !node.has_error() {
+        return None;
+    }
+    // Down to the first error or missing node.
+    'down: loop {
+        if node.is_error() || node.is_missing() {
+            break;
+        }
+        let mut cursor = node.walk();
+        for child in node.children(&mut cursor) {
+            if child.has_error() {
+                node = child;
+                continue 'down;
+            }
+        }
+        break;
+    }
+    let row = node.start_position().row;
+    let near = text.lines().nth(row).unwrap_or("").trim();
+    let near: String = near.chars().take(80).collect();
+    Some((row + 1, near))
 }
 
 fn count_lines(text: &str) -> usize {
@@ -243,6 +325,55 @@ mod tests {
         );
         let err = apply_edit(dir.path(), "missing.py", "x", "y").unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn an_edit_that_breaks_the_syntax_is_refused_and_one_that_lands_is_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let stub = "def f(x):\n    \"\"\"Doubles x.\"\"\"\n    raise NotImplementedError\n";
+        std::fs::write(dir.path().join("a.py"), stub).unwrap();
+        // What a small model wrote: an unbalanced bracket.
+        let err = apply_edit(
+            dir.path(),
+            "a.py",
+            "raise NotImplementedError",
+            "return f(x / 100)}",
+        )
+        .unwrap_err();
+        let EditError::Failed(msg) = err else {
+            panic!("{err:?}")
+        };
+        assert!(msg.contains("a.py would not parse"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.py")).unwrap(),
+            stub
+        );
+        // The same for a whole-file rewrite.
+        let err = apply_edit(dir.path(), "a.py", "", "def f(x:\n    return x\n").unwrap_err();
+        assert!(err.to_string().contains("would not parse"), "{err}");
+        // A good edit lands and shows the lines around it.
+        let msg = apply_edit(
+            dir.path(),
+            "a.py",
+            "    raise NotImplementedError\n",
+            "    y = x * 2\n    return y\n",
+        )
+        .unwrap();
+        assert!(
+            msg.starts_with("replaced 1 lines with 2 lines at line 3 of a.py"),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("lines 1-4 now read:\n   1 | def f(x):\n   2 |     \"\"\"Doubles x.\"\"\"\n   3 |     y = x * 2\n   4 |     return y"),
+            "{msg}"
+        );
+        // A file that was already broken may be edited (fixed step by step); a language
+        // without a grammar is not checked.
+        std::fs::write(dir.path().join("b.rs"), "fn g( {\n}\n").unwrap();
+        apply_edit(dir.path(), "b.rs", "}", "}\nfn h( {}").unwrap();
+        std::fs::write(dir.path().join("c.toml"), "a = 1\n").unwrap();
+        apply_edit(dir.path(), "c.toml", "a = 1", "a = [").unwrap();
     }
 
     #[test]
