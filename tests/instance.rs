@@ -1,8 +1,8 @@
 //! Instance reuse for `troupe search` and from the terminal UI: a search sent to a running
 //! `troupe lsp` prints what the same search prints in-process (text and JSON, notes, exit
 //! codes), a stale socket, an instance that goes away mid-request or one that cannot load its
-//! model leave the search to the command itself, and one-shot commands of another terminal
-//! reach a running terminal UI.
+//! model leave the search to the command itself, one-shot commands of another terminal reach a
+//! running terminal UI, and a language server stopped by SIGTERM removes its socket.
 //! Real models: the tiny chat model for the instances, all-MiniLM-L6-v2 for vectors.
 
 #![cfg(unix)]
@@ -245,6 +245,33 @@ fn a_server_whose_index_has_no_vectors_notes_bm25_only_as_an_in_process_search_d
     );
     assert_eq!(error(&a), error(&b));
     lsp.stop();
+}
+
+#[test]
+fn a_language_server_stopped_by_sigterm_exits_cleanly_and_removes_its_socket() {
+    let env = Env::new();
+    let repo = repo();
+    let mut lsp = Lsp::start(&env, repo.path(), &[]);
+    let pid = lsp.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + SHORT;
+    let status = loop {
+        if let Some(status) = lsp.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "troupe lsp did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Handled, not killed by the signal: an exit code (1: no `shutdown` came before).
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(!lsp.socket.exists(), "the socket is removed");
 }
 
 #[test]

@@ -332,6 +332,8 @@ enum Input {
     Gone(String),
     /// A progress token's creation is overdue.
     CreateTimeout,
+    /// SIGTERM or Ctrl-C: stop as when the client goes away, removing the socket.
+    Stop,
 }
 
 impl Server {
@@ -367,6 +369,9 @@ impl Server {
         };
         #[cfg(unix)]
         let (gone_tx, mut gone) = mpsc::unbounded_channel::<String>();
+        // Registered once, so a signal between two turns of the loop is not missed.
+        let stop = crate::serve::stop_signal();
+        tokio::pin!(stop);
         loop {
             let overdue = self.next_create_deadline();
             let overdue = async move {
@@ -382,16 +387,18 @@ impl Server {
                 Some(r) = requests.recv() => Input::Remote(r),
                 Some(id) = gone.recv() => Input::Gone(id),
                 () = overdue => Input::CreateTimeout,
+                () = &mut stop => Input::Stop,
             };
             #[cfg(not(unix))]
             let input = tokio::select! {
                 m = rx.recv() => Input::Client(m),
                 m = next_model_input(&mut self.model) => Input::Model(m),
                 () = overdue => Input::CreateTimeout,
+                () = &mut stop => Input::Stop,
             };
             match input {
-                Input::Client(None) => {
-                    // End of input without `exit`: the client is gone.
+                Input::Client(None) | Input::Stop => {
+                    // End of input without `exit` (the client is gone), or told to stop.
                     self.stop_session().await;
                     return Ok(if self.shutdown {
                         exit::OK

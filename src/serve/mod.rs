@@ -196,8 +196,8 @@ async fn serve(ctx: &Context, addr: SocketAddr) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
-async fn stop_signal() {
+/// Ctrl-C, or SIGTERM on Unix (also how `troupe lsp` learns it is being stopped).
+pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
