@@ -30,11 +30,15 @@ pub struct TestRun {
 }
 
 impl TestRun {
-    /// The run that exited with `success` and printed `output`.
+    /// The run that exited with `success` and printed `output`. A run whose summary counts no
+    /// test at all did not pass, whatever its exit code (unittest before Python 3.12 exits 0
+    /// on `Ran 0 tests`): nothing was checked, e.g. after an edit removed the tests.
     pub fn from_output(success: bool, output: &str) -> Self {
+        let counts = parse_counts(output);
+        let none_ran = counts.is_some_and(|c| c.passed == 0 && c.failed == 0);
         Self {
-            passed: success,
-            counts: parse_counts(output),
+            passed: success && !none_ran,
+            counts,
         }
     }
 
@@ -66,6 +70,7 @@ impl TestRun {
             "the tests fail"
         };
         match self.counts {
+            Some(c) if c.passed == 0 && c.failed == 0 => "the test command ran no tests".into(),
             Some(c) if c.failed == 0 => format!("{verdict} ({} passed)", c.passed),
             Some(c) => format!(
                 "{verdict} ({} of {} fail)",
@@ -319,5 +324,18 @@ mod tests {
             TestRun::broken().describe(),
             "the tests fail (no test summary)"
         );
+    }
+
+    #[test]
+    fn a_run_that_counts_no_tests_did_not_pass() {
+        // unittest before Python 3.12 exits 0 on an empty suite (e.g. the tests were deleted).
+        let empty = TestRun::from_output(true, "\nRan 0 tests in 0.000s\n\nOK\n");
+        assert!(!empty.passed);
+        assert_eq!(empty.describe(), "the test command ran no tests");
+        let one = TestRun::from_output(true, "Ran 1 test in 0.001s\n\nOK\n");
+        assert!(one.passed);
+        assert_eq!(empty.rank(&one), Ordering::Less);
+        // Without a recognised summary the exit code decides, as before.
+        assert!(TestRun::from_output(true, "all good\n").passed);
     }
 }
