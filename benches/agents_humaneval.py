@@ -4,8 +4,10 @@ the wall time of N tasks run concurrently in one session against one after anoth
 
 Each HumanEval task becomes a git repository holding `solution.py` (the task's prompt: signature
 and docstring, body `raise NotImplementedError`) and an empty unittest file; troupe is asked to
-implement the function. The agents never see HumanEval's hidden tests: the loop's test command
-runs only the tests the tester writes. Afterwards the harness takes `solution.py` from the task
+implement the function. The agents never see HumanEval's hidden tests: the test command runs only
+the examples of the task's own docstring (`test_examples.py` loads them with doctest, as a
+project that runs its doctests would; `--no-examples` leaves them out) and the tests the agents
+write. Afterwards the harness takes `solution.py` from the task
 branch and runs the hidden `check` on it (pass@1, greedy decoding).
 
     python3 benches/agents_humaneval.py passk --troupe target/release/troupe \
@@ -62,9 +64,20 @@ def stub(task):
 
 TEST_SKELETON = "import unittest\n\nimport {module}\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n"
 
+# The docstring's examples (part of the task's prompt, which both modes see) run by unittest.
+EXAMPLES = (
+    '"""The examples in the docstrings of {module}.py, run as tests."""\n\n'
+    "import doctest\n\nimport {module}\n\n\n"
+    "def load_tests(loader, tests, ignore):\n"
+    "    tests.addTests(doctest.DocTestSuite({module}))\n"
+    "    return tests\n"
+)
 
-def make_repo(root: Path, tasks, single: bool):
-    """One repository: `solution.py` for a single task, `sol_NNN.py` per task otherwise."""
+
+def make_repo(root: Path, tasks, single: bool, examples: bool = False):
+    """One repository: `solution.py` for a single task, `sol_NNN.py` per task otherwise; with
+    `examples`, `test_examples.py` runs the docstring's examples (single task only: in a shared
+    repository every task would see the others' unimplemented examples fail)."""
     root.mkdir(parents=True)
     git(root, "init", "-q")
     files = []
@@ -72,6 +85,8 @@ def make_repo(root: Path, tasks, single: bool):
         module = "solution" if single else f"sol_{i:03d}"
         (root / f"{module}.py").write_text(stub(t))
         (root / f"test_{module}.py").write_text(TEST_SKELETON.format(module=module))
+        if examples and single:
+            (root / "test_examples.py").write_text(EXAMPLES.format(module=module))
         files.append(module)
     (root / "AGENTS.md").write_text(
         "Each task is one Python function to implement. Keep the signature. "
@@ -149,28 +164,36 @@ def tokens(events):
 
 
 def passk(args, tasks):
-    out = {}
+    """Each task in both modes before the next task, so a run cut short still compares the
+    modes on the same tasks; a running tally goes to stderr."""
     modes = {"writer": (["writer"], 1), "loop": ([], args.max_rounds)}
-    for mode, (roles, rounds) in modes.items():
-        passed, gen, prompt, cached, wall = 0, 0, 0, 0, 0.0
-        for i, t in enumerate(tasks):
+    modes = {m: v for m, v in modes.items() if m in args.modes.split(",")}
+    out = {m: {"tasks": 0, "passed": 0, "generated_tokens": 0, "prompt_tokens": 0,
+               "cached_tokens": 0, "wall_s": 0.0, "solved": []} for m in modes}
+    for t in tasks:
+        for mode, (roles, rounds) in modes.items():
             with tempfile.TemporaryDirectory() as d:
                 repo = Path(d) / "repo"
-                (module,) = make_repo(repo, [t], single=True)
+                (module,) = make_repo(repo, [t], single=True, examples=args.examples)
                 cfg = Path(d) / "troupe.toml"
                 write_config(cfg, args, roles, rounds)
                 events, w, rc = run_troupe(args, repo, cfg, [task_text(t, module)])
                 ids = [e["msg"]["task_id"] for e in events if e["msg"]["type"] == "task_started"]
                 ok = bool(ids) and passes(t, branch_file(repo, ids[0], module))
-                g, p, c = tokens(events)
-                passed += ok
-                gen, prompt, cached, wall = gen + g, prompt + p, cached + c, wall + w
-                log(f"{mode} {t['task_id']}: {'pass' if ok else 'fail'} (exit {rc}, {g} tokens, {w:.0f} s)")
-        out[mode] = {
-            "tasks": len(tasks), "passed": passed, "pass_at_1": passed / len(tasks),
-            "generated_tokens": gen, "prompt_tokens": prompt, "cached_tokens": cached,
-            "wall_s": round(wall, 1),
-        }
+            g, p, c = tokens(events)
+            o = out[mode]
+            o["tasks"] += 1
+            o["passed"] += ok
+            if ok:
+                o["solved"].append(t["task_id"])
+            o["generated_tokens"] += g
+            o["prompt_tokens"] += p
+            o["cached_tokens"] += c
+            o["wall_s"] = round(o["wall_s"] + w, 1)
+            log(f"{mode} {t['task_id']}: {'pass' if ok else 'fail'} (exit {rc}, {g} tokens, "
+                f"{w:.0f} s); so far {o['passed']}/{o['tasks']}")
+    for o in out.values():
+        o["pass_at_1"] = o["passed"] / max(o["tasks"], 1)
     print(json.dumps({"passk": out, "args": vars(args)}))
 
 
@@ -217,6 +240,9 @@ def main():
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--modes", default="writer,loop", help="passk: which of writer,loop to run")
+    ap.add_argument("--no-examples", dest="examples", action="store_false",
+                    help="passk: no test_examples.py (the docstring's examples are not run)")
     args = ap.parse_args()
     args.troupe = str(Path(args.troupe).expanduser().resolve())
     args.model = str(Path(args.model).expanduser().resolve())
