@@ -671,21 +671,7 @@ impl Loaded {
 
     /// Sets one key from a command-line flag, e.g. `("model.chat", "--model", "path.gguf")`.
     pub fn apply_flag(&mut self, key: &str, flag: &str, value: Value) -> Result<()> {
-        let bad = |message: String| Error::BadFlag {
-            flag: flag.to_string(),
-            message,
-        };
-        let mut candidate = self.merged.clone();
-        set_path(&mut candidate, key, value).map_err(bad)?;
-        let config = to_config(&candidate).map_err(bad)?;
-        if let Some((_, problem)) = config.problems().into_iter().find(|(k, _)| *k == key) {
-            return Err(bad(problem));
-        }
-        self.merged = candidate;
-        self.config = config;
-        self.origins
-            .insert(key.to_string(), Origin::Flag(flag.to_string()));
-        Ok(())
+        self.set_checked(key, value, flag.to_string(), Origin::Flag(flag.to_string()))
     }
 
     /// Sets `key` to a value tuned for `model`, unless a file or a flag set it: an explicit
@@ -694,8 +680,26 @@ impl Loaded {
         if self.origin(key) != Origin::Default {
             return Ok(false);
         }
+        self.set_checked(
+            key,
+            value,
+            format!("(the settings tuned for {model})"),
+            Origin::Model(model.to_string()),
+        )?;
+        Ok(true)
+    }
+
+    /// Sets `key` to `value` when the whole configuration still passes its checks, recording
+    /// `origin`; else an error naming `source` (the flag, say) and the problem.
+    fn set_checked(
+        &mut self,
+        key: &str,
+        value: Value,
+        source: String,
+        origin: Origin,
+    ) -> Result<()> {
         let bad = |message: String| Error::BadFlag {
-            flag: format!("(the settings tuned for {model})"),
+            flag: source.clone(),
             message,
         };
         let mut candidate = self.merged.clone();
@@ -706,9 +710,8 @@ impl Loaded {
         }
         self.merged = candidate;
         self.config = config;
-        self.origins
-            .insert(key.to_string(), Origin::Model(model.to_string()));
-        Ok(true)
+        self.origins.insert(key.to_string(), origin);
+        Ok(())
     }
 
     /// Where `key` got its value.
