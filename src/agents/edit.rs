@@ -132,6 +132,17 @@ pub fn apply_edit(
         }
         Err(e) => return Err(EditError::Failed(format!("cannot read {rel}: {e}"))),
     };
+    // A model often copies `read_file`'s (or an edit answer's) numbered lines as they were
+    // shown; the numbers are ours, not the file's, so they are dropped when they are exactly
+    // the lines where the rest of the text is.
+    let (search, replace) = match numbered(search) {
+        Some((first, bare)) if !text.contains(search) && starts_at(&text, &bare) == Some(first) => {
+            let replace = numbered(replace).map_or(replace.to_string(), |(_, r)| r);
+            (bare, replace)
+        }
+        _ => (search.to_string(), replace.to_string()),
+    };
+    let (search, replace) = (search.as_str(), replace.as_str());
     let count = text.matches(search).count();
     match count {
         0 => {
@@ -157,6 +168,45 @@ pub fn apply_edit(
             "the search text matches {n} places in {rel}; nothing was changed. Include more surrounding lines so it matches exactly once"
         ))),
     }
+}
+
+/// `text` without the line numbers `read_file` and edit answers put before each line
+/// (`  12 code` or `  12 | code`), with the first number, when every line carries one and they
+/// count up by one; `None` otherwise.
+fn numbered(text: &str) -> Option<(usize, String)> {
+    let mut first = None;
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        let digits = trimmed.len()
+            - trimmed
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
+        if digits == 0 {
+            return None;
+        }
+        let n: usize = trimmed[..digits].parse().ok()?;
+        let rest = &trimmed[digits..];
+        let rest = rest
+            .strip_prefix(" | ")
+            .or_else(|| rest.strip_prefix(" |"))
+            .or_else(|| rest.strip_prefix(' '))
+            .or_else(|| rest.starts_with('\n').then_some(rest))?;
+        let first = *first.get_or_insert(n);
+        if n != first + i {
+            return None;
+        }
+        out.push_str(rest);
+    }
+    Some((first?, out))
+}
+
+/// The line (1-based) where `needle` occurs in `text`, if it occurs exactly once.
+fn starts_at(text: &str, needle: &str) -> Option<usize> {
+    if needle.trim().is_empty() || text.matches(needle).count() != 1 {
+        return None;
+    }
+    Some(text[..text.find(needle)?].matches('\n').count() + 1)
 }
 
 /// Lines shown around an edit at most (the edited lines and two on each side).
@@ -374,6 +424,57 @@ mod tests {
         apply_edit(dir.path(), "b.rs", "}", "}\nfn h( {}").unwrap();
         std::fs::write(dir.path().join("c.toml"), "a = 1\n").unwrap();
         apply_edit(dir.path(), "c.toml", "a = 1", "a = [").unwrap();
+    }
+
+    #[test]
+    fn line_numbers_copied_from_read_file_are_dropped_when_they_are_the_right_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "def f(x):\n    \"\"\"Doubles x.\"\"\"\n    raise NotImplementedError\n";
+        std::fs::write(dir.path().join("a.py"), text).unwrap();
+        // Numbers that do not match where the text is: not ours to drop, so no match.
+        let err = apply_edit(
+            dir.path(),
+            "a.py",
+            "   2     raise NotImplementedError\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        // As `read_file` shows them, in `search` and in `replace`.
+        let msg = apply_edit(
+            dir.path(),
+            "a.py",
+            "   2     \"\"\"Doubles x.\"\"\"\n   3     raise NotImplementedError\n",
+            "   2     \"\"\"Doubles x.\"\"\"\n   3     return 2 * x\n",
+        )
+        .unwrap();
+        assert!(
+            msg.starts_with("replaced 2 lines with 2 lines at line 2"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.py")).unwrap(),
+            "def f(x):\n    \"\"\"Doubles x.\"\"\"\n    return 2 * x\n"
+        );
+        // As an edit answer shows them (`N | `), with a bare replacement.
+        apply_edit(
+            dir.path(),
+            "a.py",
+            "   3 |     return 2 * x",
+            "    return x + x",
+        )
+        .unwrap();
+        assert!(
+            std::fs::read_to_string(dir.path().join("a.py"))
+                .unwrap()
+                .ends_with("    return x + x\n")
+        );
+        // Numbers that do not count up by one are text, not line numbers.
+        assert_eq!(numbered("1 a\n3 b\n"), None);
+        assert_eq!(
+            numbered("  7 a\n  8\n  9 | c"),
+            Some((7, "a\n\nc".to_string()))
+        );
     }
 
     #[test]
