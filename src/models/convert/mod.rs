@@ -556,19 +556,7 @@ struct StEntry {
 
 impl SafeTensors {
     fn open(path: &Path) -> Result<Self> {
-        let io_err = |source: io::Error| {
-            if source.kind() == io::ErrorKind::NotFound {
-                Error::MissingFile {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                Error::Io {
-                    action: "could not read",
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        };
+        let io_err = |source: io::Error| read_error(path, source);
         let mut file = fs::File::open(path).map_err(io_err)?;
         let file_len = file.metadata().map_err(io_err)?.len();
         let bad = |reason: String| Error::BadSafetensors {
@@ -916,20 +904,23 @@ fn write_value(w: &mut dyn Write, v: &Value) -> io::Result<usize> {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-fn read_text(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            Error::MissingFile {
-                path: path.to_path_buf(),
-            }
-        } else {
-            Error::Io {
-                action: "could not read",
-                path: path.to_path_buf(),
-                source,
-            }
+/// A failed read of a checkpoint file: missing, or unreadable.
+pub(super) fn read_error(path: &Path, source: io::Error) -> Error {
+    if source.kind() == io::ErrorKind::NotFound {
+        Error::MissingFile {
+            path: path.to_path_buf(),
         }
-    })
+    } else {
+        Error::Io {
+            action: "could not read",
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|source| read_error(path, source))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
