@@ -107,12 +107,20 @@ impl Lsp {
     /// Ends the server as an editor going away does (end of input); the socket goes with it.
     fn stop(mut self) {
         drop(self.child.stdin.take());
+        self.wait_exit();
+        assert!(!self.socket.exists(), "the socket is removed on exit");
+    }
+
+    /// How the server exited, waiting for it at most `SHORT`.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + SHORT;
-        while self.child.try_wait().unwrap().is_none() {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
             assert!(Instant::now() < deadline, "troupe lsp did not exit");
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!self.socket.exists(), "the socket is removed on exit");
     }
 }
 
@@ -258,17 +266,7 @@ fn a_language_server_stopped_by_sigterm_exits_cleanly_and_removes_its_socket() {
         .status()
         .expect("run kill");
     assert!(kill.success());
-    let deadline = Instant::now() + SHORT;
-    let status = loop {
-        if let Some(status) = lsp.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "troupe lsp did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = lsp.wait_exit();
     // Handled, not killed by the signal: an exit code (1: no `shutdown` came before).
     assert_eq!(status.code(), Some(1), "{status:?}");
     assert!(!lsp.socket.exists(), "the socket is removed");
