@@ -111,11 +111,12 @@ def write_config(path: Path, args, roles, max_rounds):
         "",
         "[agents]",
         f"max_rounds = {max_rounds}",
-        f"max_tokens = {args.max_tokens}",
         f"max_steps = {args.max_steps}",
         'test_command = "python3 -m unittest -q"',
         "command_timeout_secs = 60",
     ]
+    if args.max_tokens:
+        lines.append(f"max_tokens = {args.max_tokens}")
     if roles:
         lines.append("roles = [" + ", ".join(f'"{r}"' for r in roles) + "]")
     path.write_text("\n".join(lines) + "\n")
@@ -235,7 +236,8 @@ def main():
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--max-rounds", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=6)
-    ap.add_argument("--max-tokens", type=int, default=384)
+    ap.add_argument("--max-tokens", type=int, default=0,
+                    help="tokens per model call for every role (default: each role's own)")
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)

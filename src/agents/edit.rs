@@ -117,6 +117,11 @@ pub fn apply_edit(
         } else {
             String::new()
         };
+        if existed && old == text {
+            return Ok(format!(
+                "{rel} already has exactly this content; nothing changed. If the change is complete, end your turn"
+            ));
+        }
         refuse_new_syntax_errors(rel, &old, &text)?;
         std::fs::write(&full, &text)
             .map_err(|e| EditError::Failed(format!("cannot write {rel}: {e}")))?;
@@ -496,5 +501,11 @@ mod tests {
         assert!(msg.starts_with("rewrote"), "{msg}");
         let text = std::fs::read_to_string(dir.path().join("tests/test_a.py")).unwrap();
         assert_eq!(text, "def test_b():\n    pass\n");
+        // Writing what is already there says so, instead of "rewrote" again and again.
+        let msg = apply_edit(dir.path(), "tests/test_a.py", "", &text).unwrap();
+        assert!(
+            msg.contains("already has exactly this content; nothing changed"),
+            "{msg}"
+        );
     }
 }

@@ -34,6 +34,7 @@ pub const BUILTIN_GRAMMARS: &[(&str, &str)] = &[
         include_str!("../../grammars/gbnf/reviewer.gbnf"),
     ),
     ("tester", include_str!("../../grammars/gbnf/tester.gbnf")),
+    ("full", include_str!("../../grammars/gbnf/full.gbnf")),
 ];
 
 /// What the orchestrator does with a role.
@@ -340,5 +341,18 @@ mod tests {
         std::fs::write(dir.path().join("agents/security.toml"), bad).unwrap();
         let err = Roles::load(Some(dir.path())).unwrap_err().to_string();
         assert!(err.contains("cannot produce the tool `edit`"), "{err}");
+
+        // A writer given `edit` needs the grammar that produces it.
+        std::fs::write(dir.path().join("agents/security.toml"), &security).unwrap();
+        let writer = BUILTIN_ROLES[0]
+            .1
+            .replace("\"write_file\", ", "\"write_file\", \"edit\", ");
+        std::fs::write(dir.path().join("agents/writer.toml"), &writer).unwrap();
+        let err = Roles::load(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("cannot produce the tool `edit`"), "{err}");
+        let writer = writer.replace("grammar = \"writer\"", "grammar = \"full\"");
+        std::fs::write(dir.path().join("agents/writer.toml"), writer).unwrap();
+        let roles = Roles::load(Some(dir.path())).unwrap();
+        assert!(roles.writer().unwrap().tools.iter().any(|t| t == "edit"));
     }
 }

@@ -297,19 +297,21 @@ async fn malformed_calls_failed_edits_and_escaping_paths_go_back_to_the_model() 
             "writer",
             &[
                 "I think we should fix the add function.",
-                r#"{"tool": "edit", "path": "calc.py", "search": "return a * b\n", "replace": "x"}"#,
-                r#"{"tool": "edit", "path": "../evil.py", "search": "", "replace": "import os\n"}"#,
+                r#"{"tool": "write_file", "path": "calc.py"}"#,
+                &write("../evil.py", "import os\n"),
                 r#"{"tool": "read_file", "path": "/etc/passwd"}"#,
                 r#"{"tool": "review", "verdict": "approve", "findings": []}"#,
-                r#"{"tool": "edit", "path": "calc.py", "search": "return a - b\n", "replace": "return a + b\n"}"#,
+                r#"{"tool": "edit", "path": "calc.py", "search": "a - b", "replace": "a + b"}"#,
+                &write("calc.py", &calc("a + b")),
                 r#"{"tool": "done", "summary": "fixed add"}"#,
             ],
         ),
         (
             "tester",
-            &[
-                r#"{"tool": "edit", "path": "test_calc.py", "search": "", "replace": "import unittest\n\nfrom calc import add\n\n\nclass TestAddMore(unittest.TestCase):\n    def test_two(self):\n        self.assertEqual(add(1, 1), 2)\n"}"#,
-            ],
+            &[&write(
+                "test_calc.py",
+                "import unittest\n\nfrom calc import add\n\n\nclass TestAddMore(unittest.TestCase):\n    def test_two(self):\n        self.assertEqual(add(1, 1), 2)\n",
+            )],
         ),
         (
             "reviewer",
@@ -332,7 +334,10 @@ async fn malformed_calls_failed_edits_and_escaping_paths_go_back_to_the_model() 
         "{writer:?}"
     );
     assert!(
-        !writer[1].0 && writer[1].1.contains("not found in calc.py"),
+        !writer[1].0
+            && writer[1]
+                .1
+                .contains("needs the file's complete content in a fenced block"),
         "{writer:?}"
     );
     assert!(
@@ -344,7 +349,12 @@ async fn malformed_calls_failed_edits_and_escaping_paths_go_back_to_the_model() 
         "{writer:?}"
     );
     assert!(writer[4].1.contains("may not use `review`"), "{writer:?}");
-    assert!(writer[5].0, "{writer:?}");
+    // `edit` is a tool, but not one of the built-in writer's.
+    assert!(
+        writer[5].1.starts_with("DENIED") && writer[5].1.contains("may not use `edit`"),
+        "{writer:?}"
+    );
+    assert!(writer[6].0, "{writer:?}");
     assert!(!dir.path().parent().unwrap().join("evil.py").exists());
     // The model saw each error as the next user message.
     let requests = backend.requests.lock().unwrap();
@@ -426,10 +436,7 @@ async fn malformed_calls_failed_edits_and_escaping_paths_go_back_to_the_model() 
 #[tokio::test]
 async fn a_test_command_that_hangs_is_killed_and_the_task_ends_at_its_budget() {
     let dir = calc_repo();
-    let backend = Scripted::new(&[(
-        "writer",
-        &[r#"{"tool": "edit", "path": "calc.py", "search": "a - b", "replace": "a + b"}"#],
-    )]);
+    let backend = Scripted::new(&[("writer", &[&write("calc.py", &calc("a + b"))])]);
     let mut c = config("sleep 60", 1);
     c.agents.command_timeout_secs = 1;
     let mut s = session(backend, dir.path(), c);
@@ -461,10 +468,7 @@ fn a_task_killed_mid_round_is_resumed_from_its_saved_state() {
     let dir = calc_repo();
     // The first "process": the writer edits, then the model never answers again; its runtime is
     // then torn down without any task getting to record an end, as when the process is killed.
-    let mut first = Scripted::new(&[(
-        "writer",
-        &[r#"{"tool": "edit", "path": "calc.py", "search": "a - b", "replace": "a + b"}"#],
-    )]);
+    let mut first = Scripted::new(&[("writer", &[&write("calc.py", &calc("a + b"))])]);
     Arc::get_mut(&mut first).unwrap().hang_after = Some(1);
     let rt1 = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -675,7 +679,7 @@ async fn a_command_the_user_does_not_approve_is_denied_and_the_writer_alone_conv
         "writer",
         &[
             r#"{"tool": "run_tests"}"#,
-            r#"{"tool": "edit", "path": "calc.py", "search": "a - b", "replace": "a + b"}"#,
+            &write("calc.py", &calc("a + b")),
         ],
     )]);
     let mut c = config("python3 -m unittest -q", 1);
@@ -809,9 +813,18 @@ fn review(severity: &str, title: &str) -> String {
     )
 }
 
-fn edit(path: &str, search: &str, replace: &str) -> String {
-    serde_json::json!({"tool": "edit", "path": path, "search": search, "replace": replace})
-        .to_string()
+/// A `write_file` call as the grammar has the model write it: the JSON object, then the file's
+/// content in a fenced block.
+fn write(path: &str, content: &str) -> String {
+    format!(
+        "{}\n```python\n{content}```",
+        serde_json::json!({"tool": "write_file", "path": path})
+    )
+}
+
+/// calc.py with `add` returning `body`.
+fn calc(body: &str) -> String {
+    format!("def add(a, b):\n    return {body}\n")
 }
 
 /// Every file of a worktree (not `.git`) with its bytes.
@@ -913,14 +926,14 @@ async fn rounds_that_break_passing_tests_are_undone_and_the_task_ends_with_the_b
             "writer",
             &[
                 // Round 1: the right fix.
-                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                &write("calc.py", &calc("a + b")),
                 r#"{"tool": "done", "summary": "add returns the sum"}"#,
                 // Round 2: "addressing" the review breaks it.
-                &edit("calc.py", "return a + b\n", "return a * b\n"),
+                &write("calc.py", &calc("a * b")),
                 r#"{"tool": "done", "summary": "multiply"}"#,
                 // Round 3: breaks it another way and adds a file.
-                &edit("calc.py", "return a + b\n", "return a + b + 1\n"),
-                &edit("helper.py", "", "ONE = 1\n"),
+                &write("calc.py", &calc("a + b + 1")),
+                &write("helper.py", "ONE = 1\n"),
                 r#"{"tool": "done", "summary": "off by one"}"#,
             ],
         ),
@@ -1026,10 +1039,10 @@ async fn a_task_stopped_mid_round_keeps_its_best_round_and_commits_the_unfinishe
             "writer",
             &[
                 // Round 1: the right fix, which passes the tests.
-                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                &write("calc.py", &calc("a + b")),
                 r#"{"tool": "done", "summary": "add returns the sum"}"#,
                 // Round 2 breaks it; then the writer's next call never answers.
-                &edit("calc.py", "return a + b\n", "return a * b\n"),
+                &write("calc.py", &calc("a * b")),
             ],
         ),
         ("reviewer", &[&review("high", "add may overflow")]),
@@ -1129,10 +1142,10 @@ async fn a_first_round_that_passes_the_tests_with_no_high_finding_ends_the_task(
         (
             "writer",
             &[
-                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                &write("calc.py", &calc("a + b")),
                 r#"{"tool": "done", "summary": "add returns the sum"}"#,
                 // Never reached: the task ends after round 1.
-                &edit("calc.py", "return a + b\n", "return a * b\n"),
+                &write("calc.py", &calc("a * b")),
             ],
         ),
         // A medium finding and "request_changes": not enough to hold back tested code.
@@ -1175,12 +1188,11 @@ async fn a_high_finding_on_passing_code_gets_another_round_and_an_equally_tested
         (
             "writer",
             &[
-                &edit("calc.py", "return a - b\n", "return a + b\n"),
+                &write("calc.py", &calc("a + b")),
                 r#"{"tool": "done", "summary": "add returns the sum"}"#,
-                &edit(
+                &write(
                     "calc.py",
-                    "def add(a, b):\n",
-                    "def add(a, b):\n    \"\"\"The sum of a and b.\"\"\"\n",
+                    "def add(a, b):\n    \"\"\"The sum of a and b.\"\"\"\n    return a + b\n",
                 ),
                 r#"{"tool": "done", "summary": "documented"}"#,
             ],

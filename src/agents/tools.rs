@@ -24,6 +24,7 @@ pub const TOOL_NAMES: &[&str] = &[
     "list_files",
     "symbols",
     "edit",
+    "write_file",
     "run_tests",
     "run",
     "diff",
@@ -44,7 +45,10 @@ pub fn usage(tool: &str) -> &'static str {
             r#"{"tool": "symbols", "path": <file>}: functions and classes with their lines (path optional)"#
         }
         "edit" => {
-            r#"{"tool": "edit", "path": <file>, "search": <lines copied exactly from the file>, "replace": <the new lines>}: change a file; with "search": "" the replace text becomes the whole file (new or rewritten)"#
+            r#"{"tool": "edit", "path": <file>, "search": <lines copied exactly from the file>, "replace": <the new lines>}: replace lines of a file"#
+        }
+        "write_file" => {
+            r#"{"tool": "write_file", "path": <file>} followed by the file's complete new content in one fenced block (```): create or rewrite a whole file"#
         }
         "run_tests" => r#"{"tool": "run_tests"}: run the test suite"#,
         "run" => r#"{"tool": "run", "command": <program and arguments>}: run an allowed command"#,
@@ -108,6 +112,15 @@ pub enum ToolCall {
         /// The new text.
         replace: String,
     },
+    /// A whole file, created or rewritten. Its content comes in a fenced block after the JSON
+    /// object (small models write code far more reliably there than as an escaped JSON string);
+    /// an unconstrained back end may give it as a `content` key instead.
+    WriteFile {
+        /// Relative path.
+        path: String,
+        /// The complete new text.
+        content: String,
+    },
     /// Run the configured test command.
     RunTests,
     /// Run an allow-listed command.
@@ -142,6 +155,7 @@ impl ToolCall {
             ToolCall::ListFiles { .. } => "list_files",
             ToolCall::Symbols { .. } => "symbols",
             ToolCall::Edit { .. } => "edit",
+            ToolCall::WriteFile { .. } => "write_file",
             ToolCall::RunTests => "run_tests",
             ToolCall::Run { .. } => "run",
             ToolCall::Diff => "diff",
@@ -179,8 +193,9 @@ impl ToolOutcome {
 }
 
 /// Parses a model's answer into a tool call. The JSON object may be surrounded by other text
-/// (unconstrained back ends); the arguments must match the tool. Returns the call and the raw
-/// arguments (for events), or a message for the model.
+/// (unconstrained back ends); the arguments must match the tool. `write_file`'s content is the
+/// fenced block after the object. Returns the call and the raw arguments (for events), or a
+/// message for the model.
 pub fn parse_call(text: &str) -> Result<(ToolCall, serde_json::Value), String> {
     let Some(start) = text.find('{') else {
         return Err(format!(
@@ -199,9 +214,25 @@ pub fn parse_call(text: &str) -> Result<(ToolCall, serde_json::Value), String> {
         }
         None => return Err("the answer is empty; call a tool".into()),
     };
+    let rest = &text[start + stream.byte_offset()..];
+    let mut value = value;
     let Some(tool) = value.get("tool").and_then(|t| t.as_str()) else {
         return Err("the JSON object has no string field \"tool\"".into());
     };
+    if tool == "write_file"
+        && let Some(obj) = value.as_object_mut()
+        && !obj.contains_key("content")
+    {
+        let content = fenced_block(rest).ok_or_else(|| {
+            if rest.trim_start().starts_with("```") {
+                "the fenced block after `write_file` is not closed with ``` (nothing was written)".to_string()
+            } else {
+                "`write_file` needs the file's complete content in a fenced block (```) right after the JSON object".to_string()
+            }
+        })?;
+        obj.insert("content".into(), content.into());
+    }
+    let tool = value["tool"].as_str().unwrap_or_default();
     if !TOOL_NAMES.contains(&tool) {
         return Err(format!(
             "unknown tool `{tool}`; tools: {}",
@@ -215,6 +246,18 @@ pub fn parse_call(text: &str) -> Result<(ToolCall, serde_json::Value), String> {
         obj.remove("tool");
     }
     Ok((call, args))
+}
+
+/// The body of the first fenced block (```lang ... ```) in `text`, which must come first (after
+/// blank space); `None` when there is none or it is not closed.
+fn fenced_block(text: &str) -> Option<String> {
+    let open = text.trim_start().strip_prefix("```")?;
+    let body = &open[open.find('\n')? + 1..];
+    if let Some(rest) = body.strip_prefix("```") {
+        return rest.trim().is_empty().then(String::new);
+    }
+    let end = body.find("\n```")?;
+    Some(body[..=end].to_string())
 }
 
 /// Runs tool calls for one agent in one worktree.
@@ -303,6 +346,12 @@ impl Toolbox {
                 Ok(msg) => ToolOutcome::Output(msg),
                 Err(e) => edit_outcome(e),
             },
+            ToolCall::WriteFile { path, content } => {
+                match edit::apply_edit(&self.root, path, "", content) {
+                    Ok(msg) => ToolOutcome::Output(msg),
+                    Err(e) => edit_outcome(e),
+                }
+            }
             ToolCall::RunTests => match self.exec.test_argv() {
                 Some(argv) => {
                     let display = self.exec.test_command.clone().unwrap_or_default();
@@ -516,6 +565,53 @@ mod tests {
             (
                 r#"{"tool": "review", "verdict": "maybe", "findings": []}"#,
                 "bad arguments for `review`",
+            ),
+        ] {
+            let err = parse_call(text).unwrap_err();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_whole_file_comes_in_the_fenced_block_after_the_call() {
+        let text = "{\"tool\": \"write_file\", \"path\": \"a.py\"}\n```python\ndef f(s):\n    return \"\\\"\" + s\n\n```";
+        let (call, args) = parse_call(text).unwrap();
+        let content = "def f(s):\n    return \"\\\"\" + s\n\n";
+        assert_eq!(
+            call,
+            ToolCall::WriteFile {
+                path: "a.py".into(),
+                content: content.into()
+            }
+        );
+        assert_eq!(args["content"], content);
+        // An empty file, and a back end that puts the content in the object.
+        let (call, _) =
+            parse_call("{\"tool\": \"write_file\", \"path\": \"e.py\"}\n```\n```").unwrap();
+        assert_eq!(
+            call,
+            ToolCall::WriteFile {
+                path: "e.py".into(),
+                content: String::new()
+            }
+        );
+        let (call, _) =
+            parse_call(r#"{"tool": "write_file", "path": "b.py", "content": "x = 1\n"}"#).unwrap();
+        assert_eq!(
+            call,
+            ToolCall::WriteFile {
+                path: "b.py".into(),
+                content: "x = 1\n".into()
+            }
+        );
+        for (text, expect) in [
+            (
+                "{\"tool\": \"write_file\", \"path\": \"a.py\"}",
+                "needs the file's complete content in a fenced block",
+            ),
+            (
+                "{\"tool\": \"write_file\", \"path\": \"a.py\"}\n```python\nx = 1\ny = ",
+                "is not closed",
             ),
         ] {
             let err = parse_call(text).unwrap_err();
