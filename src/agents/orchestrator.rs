@@ -524,6 +524,7 @@ impl Runner<'_> {
                 minijinja::context! {
                     round => round,
                     feedback => record.feedback,
+                    changed => changed_files(&record.worktree, &record.base),
                     test_command => test_command.clone().unwrap_or_default(),
                     tools => tool_usages(&writer),
                     diff => "",
@@ -548,7 +549,9 @@ impl Runner<'_> {
                 record.rounds_done = round;
                 record.approved = false;
                 record.tests_passed = None;
-                record.feedback = "You have not changed any file yet. Read the relevant files, then change them with the edit tool.".into();
+                record.feedback =
+                    "You have not changed any file yet. Read the relevant files, then change them."
+                        .into();
                 record.rounds.push(RoundResult {
                     round,
                     commit: None,
@@ -720,10 +723,10 @@ impl Runner<'_> {
                             if !out.success() {
                                 test_feedback.push_str(&format!(
                                     "The tests fail (`{display}`, {}):\n{}\n",
-                                    if out.timed_out {
-                                        "timed out".to_string()
-                                    } else {
-                                        format!("exit code {:?}", out.exit_code)
+                                    match (out.timed_out, out.exit_code) {
+                                        (true, _) => "timed out".to_string(),
+                                        (false, Some(code)) => format!("exit code {code}"),
+                                        (false, None) => "killed by a signal".to_string(),
                                     },
                                     tools::tail(&out.output, 2_000)
                                 ));
@@ -1044,6 +1047,9 @@ impl Runner<'_> {
         let mut budget_chars =
             (limits.ctx_tokens.max(512) as usize).saturating_sub(max_tokens as usize) * 3;
         let mut step = 0;
+        // The previous answer, and how many times in a row it has come back unchanged.
+        let mut last_text = String::new();
+        let mut repeats = 0u32;
         while step < max_steps {
             step += 1;
             if self.emitter.cancel.is_cancelled() {
@@ -1054,11 +1060,18 @@ impl Runner<'_> {
                 return Ok(turn);
             }
             fit(&mut messages, budget_chars);
+            // Greedy decoding answers the same conversation the same way: after the same call
+            // three times in a row, sample (seeded, so a run is still reproducible).
+            let temperature = if repeats >= 2 {
+                role.sampling.temperature.max(REPEAT_TEMPERATURE)
+            } else {
+                role.sampling.temperature
+            };
             let sampling = Sampling {
-                temperature: role.sampling.temperature,
+                temperature,
                 top_p: role.sampling.top_p,
                 top_k: role.sampling.top_k,
-                seed: role.sampling.seed,
+                seed: role.sampling.seed.wrapping_add(step),
                 ..Sampling::greedy()
             };
             let request = GenerateRequest::chat(messages.clone())
@@ -1218,6 +1231,19 @@ impl Runner<'_> {
             if turn.finished {
                 return Ok(turn);
             }
+            if text.trim() == last_text.trim() {
+                repeats += 1;
+            } else {
+                repeats = 0;
+                last_text = text.clone();
+            }
+            let reply = if repeats > 0 {
+                format!(
+                    "{reply}\n(You made exactly this call just before and got this answer. Do something else: a different call, or end your turn.)"
+                )
+            } else {
+                reply
+            };
             let reply = tools::clip(&reply, (budget_chars / 3).max(500));
             self.log(agent, round, "user", &reply)?;
             messages.push(ChatMessage::assistant(text));
@@ -1232,6 +1258,31 @@ impl Runner<'_> {
         }))
     }
 }
+
+/// Most bytes of changed files shown to the writer at the start of a round.
+const CHANGED_FILES_LIMIT: usize = 12_000;
+
+/// `{path, text}` of each file of the worktree that differs from `base`, as it is now, for the
+/// writer's next round: its turn starts afresh, and a model that writes whole files needs what
+/// it wrote last. Files that are gone, not text, or past [`CHANGED_FILES_LIMIT`] in all are left
+/// out (the writer can still read them).
+fn changed_files(worktree: &std::path::Path, base: &str) -> Vec<minijinja::Value> {
+    let Ok(diff) = crate::git::worktree_diff(worktree, base) else {
+        return Vec::new();
+    };
+    let mut room = CHANGED_FILES_LIMIT;
+    diff.lines()
+        .filter_map(|l| l.strip_prefix("+++ b/"))
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(worktree.join(path)).ok()?;
+            room = room.checked_sub(text.len())?;
+            Some(minijinja::context! { path => path, text => text })
+        })
+        .collect()
+}
+
+/// The sampling temperature of an agent's call after it made the same call three times in a row.
+const REPEAT_TEMPERATURE: f32 = 0.7;
 
 /// `{name, usage}` of each tool of a role, for its prompt.
 fn tool_usages(role: &RoleSpec) -> Vec<minijinja::Value> {

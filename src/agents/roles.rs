@@ -289,6 +289,7 @@ mod tests {
                 .render(
                     &role.prompt,
                     minijinja::context! { round => 2, feedback => "fix it", diff => "+x",
+                    changed => vec![minijinja::context! { path => "a.py", text => "x = 1\n" }],
                     test_command => "true", tools => tools },
                 )
                 .unwrap();

@@ -1308,3 +1308,53 @@ async fn a_search_with_a_mode_answers_with_the_notes_and_results_of_the_command(
     assert!(!want.is_empty());
     assert_eq!(results.unwrap(), want);
 }
+
+#[tokio::test]
+async fn a_repeated_call_is_pointed_out_then_sampled_and_the_next_round_shows_the_changed_files() {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            r#"{"tool": "diff"}"#,
+            r#"{"tool": "diff"}"#,
+            r#"{"tool": "diff"}"#,
+            &write("calc.py", &calc("a * b")),
+            r#"{"tool": "done", "summary": "multiply"}"#,
+            // Round 2, after the tests failed.
+            &write("calc.py", &calc("a + b")),
+            r#"{"tool": "done", "summary": "sum"}"#,
+        ],
+    )]);
+    let mut c = config(UNITTEST, 2);
+    c.agents.roles = vec!["writer".into()];
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let requests = backend.requests.lock().unwrap();
+    let last_user = |i: usize| {
+        let Prompt::Messages(m) = &requests[i].prompt else {
+            panic!()
+        };
+        m.last().unwrap().content.clone()
+    };
+    // The first diff is answered plainly, the second and third with the note.
+    assert!(!last_user(1).contains("You made exactly this call"));
+    assert!(last_user(2).contains("You made exactly this call just before"));
+    assert!(last_user(3).contains("You made exactly this call just before"));
+    // Greedy until the same call came three times; then sampled, seeded.
+    let temperatures: Vec<f32> = requests[..5]
+        .iter()
+        .map(|r| r.sampling.temperature)
+        .collect();
+    assert_eq!(temperatures, [0.0, 0.0, 0.0, 0.7, 0.0]);
+    // Round 2's writer starts with the file as round 1 left it, and the failing tests.
+    let round2 = last_user(5);
+    assert!(
+        round2.contains("The files you changed, as they are now:\n--- calc.py\n```\ndef add(a, b):\n    return a * b\n```"),
+        "{round2}"
+    );
+    assert!(
+        round2.contains("The tests fail (`python3 -B -m unittest -q`, exit code 1)"),
+        "{round2}"
+    );
+}
