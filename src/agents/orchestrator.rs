@@ -728,7 +728,7 @@ impl Runner<'_> {
                                         (false, Some(code)) => format!("exit code {code}"),
                                         (false, None) => "killed by a signal".to_string(),
                                     },
-                                    tools::tail(&out.output, 2_000)
+                                    rounds::condense(&out.output, &toolbox.root, 2_000)
                                 ));
                             }
                             TestRun::from_output(out.success(), &out.output)

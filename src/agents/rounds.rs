@@ -225,6 +225,64 @@ fn number_before(text: &str, suffix: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Test output made shorter and clearer for a model: paths inside the worktree `root` become
+/// relative, traceback frames of files outside it (the runner's, the standard library's) are
+/// dropped with their source lines, and a failure block repeated under another test's name (a
+/// module that fails to import fails every test file importing it) is kept once, then the tail
+/// of at most `max` bytes.
+pub fn condense(output: &str, root: &std::path::Path, max: usize) -> String {
+    let prefix = format!("{}/", root.display());
+    let text = output.replace(&prefix, "");
+    let mut kept = String::with_capacity(text.len());
+    let mut skip_deeper_than: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(depth) = skip_deeper_than {
+            if indent > depth && !line.trim().is_empty() {
+                continue;
+            }
+            skip_deeper_than = None;
+        }
+        if line.trim_start().starts_with("File \"/") {
+            skip_deeper_than = Some(indent);
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    // Blocks between unittest's `=====` separators; the first line of each names the test.
+    let separator = "=".repeat(70);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::with_capacity(kept.len());
+    // unittest's closing `-----` line and `Ran N tests` summary follow the last block.
+    let summary_at = kept
+        .rfind(&format!("{}\nRan ", "-".repeat(70)))
+        .unwrap_or(kept.len());
+    let (blocks, summary) = kept.split_at(summary_at);
+    for (i, block) in blocks.split(&separator).enumerate() {
+        let (header, body) = block
+            .trim_start_matches('\n')
+            .split_once('\n')
+            .unwrap_or_default();
+        // `ERROR: test_x (module.Class.test_x)`: the test's name, which the body may repeat.
+        let name = header.split_whitespace().nth(1).unwrap_or_default();
+        let key = if name.is_empty() {
+            body.to_string()
+        } else {
+            body.replace(name, "")
+        };
+        if i > 0 && !body.trim().is_empty() && !seen.insert(key) {
+            continue;
+        }
+        if i > 0 {
+            out.push_str(&separator);
+        }
+        out.push_str(block);
+    }
+    out.push_str(summary);
+    super::tools::tail(&out, max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,5 +395,34 @@ mod tests {
         assert_eq!(empty.rank(&one), Ordering::Less);
         // Without a recognised summary the exit code decides, as before.
         assert!(TestRun::from_output(true, "all good\n").passed);
+    }
+
+    #[test]
+    fn test_output_is_condensed_to_the_worktrees_frames_and_distinct_failures() {
+        let root = std::path::Path::new("/tmp/wt/task");
+        let import_error = |test: &str| {
+            format!(
+                "======================================================================\nERROR: {test} (unittest.loader._FailedTest.{test})\n----------------------------------------------------------------------\nImportError: Failed to import test module: {test}\nTraceback (most recent call last):\n  File \"/usr/lib/python3.11/unittest/loader.py\", line 419, in _find_test_path\n    module = self._get_module_from_name(name)\n             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n  File \"/tmp/wt/task/solution.py\", line 1, in <module>\n    def below_zero(operations: List[int]) -> bool:\n                               ^^^^\nNameError: name 'List' is not defined\n\n\n"
+            )
+        };
+        let output = format!(
+            "{}{}----------------------------------------------------------------------\nRan 2 tests in 0.000s\n\nFAILED (errors=2)\n",
+            import_error("test_examples"),
+            import_error("test_solution")
+        );
+        let short = condense(&output, root, 2_000);
+        assert!(!short.contains("/usr/lib"), "{short}");
+        assert!(!short.contains("_get_module_from_name"), "{short}");
+        assert!(!short.contains("/tmp/wt/task"), "{short}");
+        assert!(
+            short.contains("  File \"solution.py\", line 1, in <module>\n    def below_zero(operations: List[int]) -> bool:\n"),
+            "{short}"
+        );
+        assert_eq!(short.matches("NameError: name 'List' is not defined").count(), 1, "{short}");
+        assert!(short.contains("ERROR: test_examples"), "{short}");
+        assert!(!short.contains("ERROR: test_solution"), "{short}");
+        assert!(short.ends_with("FAILED (errors=2)\n"), "{short}");
+        // Counting still works on the condensed text.
+        assert_eq!(parse_counts(&short), counts(0, 2));
     }
 }
