@@ -418,7 +418,13 @@ mod tests {
             short.contains("  File \"solution.py\", line 1, in <module>\n    def below_zero(operations: List[int]) -> bool:\n"),
             "{short}"
         );
-        assert_eq!(short.matches("NameError: name 'List' is not defined").count(), 1, "{short}");
+        assert_eq!(
+            short
+                .matches("NameError: name 'List' is not defined")
+                .count(),
+            1,
+            "{short}"
+        );
         assert!(short.contains("ERROR: test_examples"), "{short}");
         assert!(!short.contains("ERROR: test_solution"), "{short}");
         assert!(short.ends_with("FAILED (errors=2)\n"), "{short}");
