@@ -22,8 +22,19 @@ ensure_rust() {
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
     local f
-    for f in /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*-linux-gnu/libclang*.so* /usr/lib64/libclang*.so*; do
+    # libclang itself (what bindgen loads), not libclang-cpp, which LLVM packages bring alone.
+    for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+        /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* \
+        /usr/lib64/libclang.so* /usr/lib64/libclang-[0-9]*.so*; do
         [ -e "$f" ] && return 0
+    done
+    return 1
+}
+
+have_protobuf_includes() {
+    local d
+    for d in ${PROTOC_INCLUDE:-} /usr/include /usr/local/include /opt/homebrew/include; do
+        [ -n "$d" ] && [ -f "$d/google/protobuf/empty.proto" ] && return 0
     done
     return 1
 }
@@ -37,6 +48,8 @@ ensure_system_packages() {
     command -v make >/dev/null 2>&1 || missing+=(make)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    # lance's build compiles .proto files that import protobuf's well-known types.
+    have_protobuf_includes || missing+=(libprotobuf-dev)
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
     command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the terminal UI's end-to-end test
@@ -102,6 +115,8 @@ build_troupe() {
     if [ ! -x "$CARGO_TARGET_DIR/$dir/troupe" ]; then
         say "building troupe ($profile profile) in $CARGO_TARGET_DIR; the first build compiles about 700 crates and llama.cpp"
     fi
-    (cd "$TROUPE_SRC" && cargo build --locked --profile "$profile" --bin troupe) >&2
+    # A failed build stops here: callers run this in $(...), where `set -e` does not reach.
+    (cd "$TROUPE_SRC" && cargo build --locked --profile "$profile" --bin troupe) >&2 ||
+        die "the $profile build of troupe failed (the compiler's messages are above)"
     echo "$CARGO_TARGET_DIR/$dir/troupe"
 }
