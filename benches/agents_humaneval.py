@@ -20,10 +20,12 @@ Prints one JSON object per mode on stdout; progress on stderr.
 """
 
 import argparse
+import contextlib
 import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -164,6 +166,21 @@ def tokens(events):
     return gen, prompt, cached
 
 
+@contextlib.contextmanager
+def workdir(args, name):
+    """A temporary directory, or with --keep DIR the directory DIR/name, kept afterwards (its
+    repository holds the task's `.troupe/tasks/<id>/transcript.jsonl` to read)."""
+    if args.keep:
+        d = Path(args.keep) / name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        yield str(d)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            yield d
+
+
 def passk(args, tasks):
     """Each task in both modes before the next task, so a run cut short still compares the
     modes on the same tasks; a running tally goes to stderr."""
@@ -173,7 +190,7 @@ def passk(args, tasks):
                "cached_tokens": 0, "wall_s": 0.0, "solved": []} for m in modes}
     for t in tasks:
         for mode, (roles, rounds) in modes.items():
-            with tempfile.TemporaryDirectory() as d:
+            with workdir(args, f"{t['task_id'].replace('/', '-')}-{mode}") as d:
                 repo = Path(d) / "repo"
                 (module,) = make_repo(repo, [t], single=True, examples=args.examples)
                 cfg = Path(d) / "troupe.toml"
@@ -201,7 +218,7 @@ def passk(args, tasks):
 def concurrency(args, tasks):
     out = {}
     for mode, extra in (("concurrent", []), ("sequential", ["--sequential"])):
-        with tempfile.TemporaryDirectory() as d:
+        with workdir(args, f"concurrency-{mode}") as d:
             repo = Path(d) / "repo"
             modules = make_repo(repo, tasks, single=False)
             cfg = Path(d) / "troupe.toml"
@@ -243,6 +260,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--modes", default="writer,loop", help="passk: which of writer,loop to run")
+    ap.add_argument("--keep", default="",
+                    help="keep each run's repository (and its transcripts) under this directory")
     ap.add_argument("--no-examples", dest="examples", action="store_false",
                     help="passk: no test_examples.py (the docstring's examples are not run)")
     args = ap.parse_args()
