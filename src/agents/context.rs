@@ -49,7 +49,12 @@ pub fn instruction_files(repo: &crate::git::Repo, base: &str) -> Vec<(String, St
 }
 
 /// The files most relevant to the task, whole, within `budget` bytes: first the files the task
-/// names (by path or file name), then the files of the best search hits for the task's words.
+/// names (by path or file name), then the files that contain the identifiers it names
+/// (`parse_args`, `Index::search`, backticked words), found through the search and checked in
+/// the file's text. Only a task that names neither gets the files of the best search hits for
+/// its words: a search on plain words also finds files that merely share them (a test harness
+/// that mentions "docstring"), and a small model writes worse code with such files in view.
+/// Instruction files are left out: the prompt shows them already.
 pub fn relevant_files(
     worktree: &Path,
     task: &str,
@@ -65,13 +70,31 @@ pub fn relevant_files(
         })
         .cloned()
         .collect();
-    if let Ok(hits) = search.search(worktree, task, 10) {
+    let names = identifiers(task);
+    if !names.is_empty()
+        && let Ok(hits) = search.search(worktree, &names.join(" "), 20)
+    {
+        for hit in hits {
+            if wanted.contains(&hit.path) {
+                continue;
+            }
+            let holds_one = std::fs::read_to_string(worktree.join(&hit.path))
+                .is_ok_and(|text| names.iter().any(|n| contains_word(&text, n)));
+            if holds_one {
+                wanted.push(hit.path);
+            }
+        }
+    }
+    if wanted.is_empty()
+        && let Ok(hits) = search.search(worktree, task, 10)
+    {
         for hit in hits {
             if !wanted.contains(&hit.path) {
                 wanted.push(hit.path);
             }
         }
     }
+    wanted.retain(|p| !INSTRUCTION_FILES.contains(&p.as_str()));
     let mut out = Vec::new();
     let mut used = 0;
     for path in wanted {
@@ -85,6 +108,65 @@ pub fn relevant_files(
         out.push((path, text));
     }
     out
+}
+
+/// The code identifiers a task names: words with an underscore or an inner capital, the parts of
+/// a `::` path (`parse_args`, `HashMap`, `Index::search`), and every word in
+/// backticks, longer than two characters; file names are not identifiers (they are matched as
+/// files).
+fn identifiers(task: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |word: &str| {
+        let word = word.trim_matches(|c: char| !(c.is_alphanumeric() || c == '_'));
+        if word.chars().count() > 2
+            && word.chars().any(char::is_alphabetic)
+            && !out.iter().any(|w| w == word)
+        {
+            out.push(word.to_string());
+        }
+    };
+    for (i, span) in task.split('`').enumerate() {
+        let quoted = i % 2 == 1;
+        for token in span.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')') {
+            let token = token.trim_end_matches(['.', ':', ';', '?', '!']);
+            if looks_like_file(token) {
+                continue;
+            }
+            if token.contains("::") {
+                token.split("::").for_each(&mut push);
+                continue;
+            }
+            let last = token.rsplit('.').next().unwrap_or(token);
+            let inner_capital = last.chars().skip(1).any(char::is_uppercase)
+                && last.chars().any(char::is_lowercase);
+            if quoted || last.contains('_') || inner_capital {
+                push(last);
+            }
+        }
+    }
+    out
+}
+
+/// `solution.py`, `src/lib.rs`: a dotted word whose last part is a short extension.
+fn looks_like_file(token: &str) -> bool {
+    token.rsplit_once('.').is_some_and(|(stem, ext)| {
+        !stem.is_empty()
+            && !ext.is_empty()
+            && ext.len() <= 5
+            && ext.chars().all(|c| c.is_ascii_alphanumeric())
+            && ext.chars().any(|c| c.is_ascii_lowercase())
+            && !stem.contains("::")
+    })
+}
+
+/// Whether `text` holds `word` with no identifier character on either side.
+fn contains_word(text: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
 }
 
 /// Renders the shared system prompt.
@@ -122,4 +204,66 @@ pub fn system_prompt(
             task => task,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::search::LexicalSearch;
+
+    #[test]
+    fn identifiers_are_the_code_words_of_a_task() {
+        assert_eq!(
+            identifiers(
+                "Implement the function `has_close_elements` in solution.py; replace `raise NotImplementedError`."
+            ),
+            ["has_close_elements", "raise", "NotImplementedError"]
+        );
+        assert_eq!(
+            identifiers(
+                "make parse_args reject negative counts, and fix Index::search (in src/lib.rs)"
+            ),
+            ["parse_args", "Index", "search"]
+        );
+        assert_eq!(identifiers("the HashMap in `cache.rs` grows"), ["HashMap"]);
+        assert!(identifiers("add a --verbose flag to the CLI").is_empty());
+    }
+
+    #[test]
+    fn files_holding_the_named_identifiers_are_shown_and_word_matches_are_not() {
+        let dir = crate::git::test_fixture(&[
+            (
+                "solution.py",
+                "def has_close_elements(xs):\n    \"\"\"A docstring.\"\"\"\n    raise NotImplementedError\n",
+            ),
+            ("util.py", "from solution import has_close_elements\n"),
+            (
+                "test_examples.py",
+                "\"\"\"The examples in the docstrings of solution.py.\"\"\"\nimport doctest\n",
+            ),
+            (
+                "AGENTS.md",
+                "Implement each function so it does what its docstring says.\n",
+            ),
+            ("notes.md", "a docstring says what a function does\n"),
+        ]);
+        let search = LexicalSearch;
+        let shown = |task: &str| -> Vec<String> {
+            relevant_files(dir.path(), task, &search, 10_000)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
+        };
+        assert_eq!(
+            shown(
+                "Implement `has_close_elements` in solution.py so that it does what its docstring says."
+            ),
+            ["solution.py", "util.py"]
+        );
+        // A task that names no file and no identifier gets the search hits, minus the
+        // instruction files (the prompt shows those already).
+        let plain = shown("what a docstring says");
+        assert!(plain.contains(&"notes.md".to_string()), "{plain:?}");
+        assert!(!plain.contains(&"AGENTS.md".to_string()), "{plain:?}");
+    }
 }

@@ -352,6 +352,7 @@ fn prepare(env: &TaskEnv, start: &TaskStart) -> Result<(TaskRecord, bool)> {
                 rounds: Vec::new(),
                 kept_round: None,
                 kept_reason: String::new(),
+                tester_paths: Vec::new(),
                 created_unix: now_unix(),
                 updated_unix: now_unix(),
                 pid: std::process::id(),
@@ -473,7 +474,7 @@ impl Runner<'_> {
             search: Arc::clone(&env.search),
             approval: env.config.approval,
         };
-        let system = {
+        let (system, shown_paths) = {
             let repo = crate::git::Repo::open(&env.repo_root)?;
             let instructions = context::instruction_files(&repo, &record.base);
             let name = env
@@ -488,14 +489,18 @@ impl Runner<'_> {
                 env.search.as_ref(),
                 budget,
             );
-            context::system_prompt(
+            let system = context::system_prompt(
                 roles,
                 &name,
                 &record.worktree,
                 &instructions,
                 &shown,
                 &record.text,
-            )?
+            )?;
+            (
+                system,
+                shown.into_iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
         };
         self.transcript.append(&json!({
             "agent": null, "round": record.rounds_done + 1, "role": "system", "content": system,
@@ -517,6 +522,12 @@ impl Runner<'_> {
                 return Ok(TaskOutcome::BudgetExhausted);
             }
             let round = record.rounds_done + 1;
+            // After a round whose tests failed (or that changed nothing), the writer samples
+            // at its retry temperature: a fresh attempt instead of the same answer again.
+            let retry = record
+                .rounds
+                .last()
+                .is_some_and(|r| r.tests.is_some_and(|t| !t.passed) || r.commit.is_none());
 
             // 1. The writer.
             let prompt = roles.render(
@@ -528,10 +539,12 @@ impl Runner<'_> {
                     test_command => test_command.clone().unwrap_or_default(),
                     tools => tool_usages(&writer),
                     diff => "",
+                    task => record.text,
+                    shown => shown_paths,
                 },
             )?;
             let turn = self
-                .agent_turn(&writer, &system, prompt, round, &toolbox)
+                .agent_turn(&writer, &system, prompt, round, retry, &toolbox)
                 .await?;
             if turn.cancelled && cancel.is_cancelled() {
                 return Ok(TaskOutcome::Cancelled);
@@ -556,6 +569,8 @@ impl Runner<'_> {
                     round,
                     commit: None,
                     tests: None,
+                    own_tests: None,
+                    tests_id: String::new(),
                     high_findings: 0,
                     feedback: String::new(),
                     reverted_to: None,
@@ -578,7 +593,7 @@ impl Runner<'_> {
                     let reason = format!(
                         "round {round} left no change against the base; round {} was better: {}",
                         best.round,
-                        best.tests.map(|t| t.describe()).unwrap_or_default()
+                        best.describe_tests()
                     );
                     self.revert(record, round, &best, reason, "")?;
                 }
@@ -599,6 +614,7 @@ impl Runner<'_> {
                         feedback => "",
                         test_command => test_command.clone().unwrap_or_default(),
                         tools => tool_usages(role),
+                        task => record.text,
                     },
                 )?;
                 turns.push(self.agent_turn_owned(
@@ -681,9 +697,23 @@ impl Runner<'_> {
             crate::git::commit_all(&record.worktree, &format!("troupe: round {round}, tests"))?;
 
             // 3. The tests, run by the orchestrator itself: the result the task stands on. At
-            //    the same time, the testers' new tests run against the BASE code: a test of a
-            //    behaviour change must fail there.
+            //    the same time, the testers' new tests run against the BASE code (a test of a
+            //    behaviour change must fail there), and, once testers have written tests, the
+            //    repository's own tests run without them (what rounds are ranked by first).
             let after_testers = head_of(&record.worktree);
+            let new_test_paths = match (&before_testers, &after_testers) {
+                (Some(a), Some(b)) if a != b => changed_paths(&record.worktree, a, b),
+                _ => Vec::new(),
+            };
+            for p in &new_test_paths {
+                if !record.tester_paths.contains(p) {
+                    record.tester_paths.push(p.clone());
+                }
+            }
+            let tests_id = after_testers
+                .as_deref()
+                .map(|c| files_digest(&record.worktree, c, &record.tester_paths))
+                .unwrap_or_default();
             let agent = testers.first().map_or("tester", |t| t.name.as_str());
             // The user's own configured command, run by troupe rather than proposed by an agent:
             // no approval asked.
@@ -693,31 +723,51 @@ impl Runner<'_> {
             };
             let toolbox = &own;
             let mut test_feedback = String::new();
-            let (test_run, fail_before) = match toolbox.exec.test_argv() {
+            let (test_run, own_run, fail_before) = match toolbox.exec.test_argv() {
                 Some(argv) => {
                     let display = test_command.clone().unwrap_or_default();
-                    let base_copy = match (&before_testers, &after_testers) {
-                        (Some(a), Some(b)) if a != b => {
-                            base_with_new_tests(&record.worktree, &record.base, a, b)
-                        }
-                        _ => None,
+                    // The base commit's files with the new tests laid over them.
+                    let base_copy = after_testers.as_deref().and_then(|to| {
+                        (!new_test_paths.is_empty()).then(|| {
+                            commit_copy(&record.worktree, &record.base, &new_test_paths, to)
+                        })?
+                    });
+                    // This round's files with every tester-written path as at the base.
+                    let own_copy = after_testers.as_deref().and_then(|head| {
+                        (!record.tester_paths.is_empty()).then(|| {
+                            commit_copy(&record.worktree, head, &record.tester_paths, &record.base)
+                        })?
+                    });
+                    let emitter = self.emitter;
+                    let run_in = |dir: &std::path::Path, label: String| {
+                        let mut there = toolbox.clone();
+                        there.root = dir.to_path_buf();
+                        let argv = argv.clone();
+                        async move { there.run_command(argv, label, agent, emitter).await }
                     };
                     let after =
                         toolbox.run_command(argv.clone(), display.clone(), agent, self.emitter);
                     let before = async {
-                        let (dir, paths) = base_copy.as_ref()?;
-                        let mut on_base = toolbox.clone();
-                        on_base.root = dir.path().to_path_buf();
+                        let dir = base_copy.as_ref()?;
                         let label = format!(
                             "{display}  # on the base commit with the new tests ({})",
-                            paths.join(", ")
+                            new_test_paths.join(", ")
                         );
-                        let result = on_base
-                            .run_command(argv.clone(), label, agent, self.emitter)
-                            .await;
+                        let result = run_in(dir.path(), label).await;
                         Some(result.map(|(_, out)| !out.success()).unwrap_or(false))
                     };
-                    let (after, fail_before) = tokio::join!(after, before);
+                    let without = async {
+                        let dir = own_copy.as_ref()?;
+                        let label = format!(
+                            "{display}  # without the testers' tests ({})",
+                            record.tester_paths.join(", ")
+                        );
+                        Some(match run_in(dir.path(), label).await {
+                            Ok((_, out)) => TestRun::from_output(out.success(), &out.output),
+                            Err(_) => TestRun::broken(),
+                        })
+                    };
+                    let (after, fail_before, own_run) = tokio::join!(after, before, without);
                     let run = match after {
                         Ok((_, out)) => {
                             if !out.success() {
@@ -741,14 +791,20 @@ impl Runner<'_> {
                             TestRun::broken()
                         }
                     };
+                    if !run.passed && own_run.is_some_and(|o| o.passed) {
+                        test_feedback.push_str(&format!(
+                            "The repository's own tests pass; what fails are tests the tester wrote ({}), which may be wrong themselves: change the code only where the task asks for what they check.\n",
+                            record.tester_paths.join(", ")
+                        ));
+                    }
                     if fail_before == Some(false) {
                         self.emitter.emit(Some(agent), EventMsg::Warning {
                             message: "the new tests also pass on the code before the change, so they do not test it".into(),
                         });
                     }
-                    (Some(run), fail_before)
+                    (Some(run), own_run, fail_before)
                 }
-                None => (None, None),
+                None => (None, None, None),
             };
             let tests_passed = test_run.map(|t| t.passed);
             if let Some(run) = test_run.filter(|t| t.passed) {
@@ -759,23 +815,27 @@ impl Runner<'_> {
             }
             feedback.push_str(&test_feedback);
             let commit = head_of(&record.worktree);
-            // The best round before this one, and whether this one tests worse.
-            let best_before = rounds::best(&record.rounds).cloned();
-            let worse = best_before.as_ref().filter(
-                |b| matches!((&test_run, &b.tests), (Some(t), Some(bt)) if t.rank(bt).is_lt()),
-            );
-            record.rounds_done = round;
-            record.approved = approved;
-            record.tests_passed = tests_passed;
-            record.feedback = feedback.clone();
-            record.rounds.push(RoundResult {
+            let this = RoundResult {
                 round,
                 commit: commit.clone(),
                 tests: test_run,
+                own_tests: own_run,
+                tests_id,
                 high_findings,
-                feedback,
+                feedback: feedback.clone(),
                 reverted_to: None,
-            });
+            };
+            // The best round before this one, and whether this one ranks below it.
+            let best_before = rounds::best(&record.rounds).cloned();
+            let worse = best_before
+                .as_ref()
+                .filter(|b| this.rank(b) == Some(std::cmp::Ordering::Less));
+            let described = this.describe_tests();
+            record.rounds_done = round;
+            record.approved = approved;
+            record.tests_passed = tests_passed;
+            record.feedback = feedback;
+            record.rounds.push(this);
             record.updated_unix = now_unix();
             self.store.save(record)?;
             self.emitter.emit(
@@ -791,10 +851,9 @@ impl Runner<'_> {
             );
             if let Some(best) = worse {
                 let reason = format!(
-                    "round {round}: {}; round {} was better: {}",
-                    test_run.map(|t| t.describe()).unwrap_or_default(),
+                    "round {round}: {described}; round {} was better: {}",
                     best.round,
-                    best.tests.map(|t| t.describe()).unwrap_or_default()
+                    best.describe_tests()
                 );
                 self.revert(record, round, best, reason, &test_feedback)?;
                 continue;
@@ -894,7 +953,7 @@ impl Runner<'_> {
             }
             return Ok(());
         };
-        let tests = best.tests.map(|t| t.describe()).unwrap_or_default();
+        let tests = best.describe_tests();
         let mut reason = if best.round == last {
             format!("round {}: {tests}, the best test result", best.round)
         } else {
@@ -951,13 +1010,7 @@ impl Runner<'_> {
             Some(best) => (
                 best.round,
                 best.commit.clone(),
-                format!(
-                    "{}, the best test result",
-                    best.tests
-                        .as_ref()
-                        .map(|t| t.describe())
-                        .unwrap_or_default()
-                ),
+                format!("{}, the best test result", best.describe_tests()),
             ),
             None => match record.rounds.iter().rev().find(|r| r.commit.is_some()) {
                 Some(r) => (r.round, r.commit.clone(), "the last finished round".into()),
@@ -1013,18 +1066,22 @@ impl Runner<'_> {
         round: u32,
         toolbox: Toolbox,
     ) -> Result<Turn> {
-        self.agent_turn(&role, &system, prompt, round, &toolbox)
+        self.agent_turn(&role, &system, prompt, round, false, &toolbox)
             .await
     }
 
     /// One agent's turn: up to `max_steps` model calls, each one grammar-constrained tool call,
-    /// each result fed back, until the agent ends its turn.
+    /// each result fed back, until the agent ends its turn. The last call, and the call after
+    /// one the model repeated, are constrained to the grammar's `finish` rule when it has one
+    /// (the role's closing calls), or to its `write` rule while a role that writes files has not
+    /// written one this turn. With `retry`, calls sample at the role's retry temperature.
     async fn agent_turn(
         &self,
         role: &RoleSpec,
         system: &str,
         prompt: String,
         round: u32,
+        retry: bool,
         toolbox: &Toolbox,
     ) -> Result<Turn> {
         let limits = &self.env.limits;
@@ -1039,6 +1096,19 @@ impl Runner<'_> {
             role.max_tokens
         };
         let grammar = self.env.roles.grammar(&role.grammar)?.to_string();
+        let finish_grammar = self.env.roles.closing_grammar(&role.grammar, "finish")?;
+        // A role that writes files and has not written one this turn closes with a write.
+        let write_grammar = self
+            .env
+            .roles
+            .closing_grammar(&role.grammar, "write")?
+            .filter(|_| role.tools.iter().any(|t| t == "write_file"));
+        let mut wrote = false;
+        let temperature = if retry && role.sampling.retry_temperature > 0.0 {
+            role.sampling.retry_temperature
+        } else {
+            role.sampling.temperature
+        };
         let agent = role.name.as_str();
         self.log(agent, round, "user", &prompt)?;
         let mut messages = vec![ChatMessage::system(system), ChatMessage::user(prompt)];
@@ -1060,24 +1130,37 @@ impl Runner<'_> {
                 return Ok(turn);
             }
             fit(&mut messages, budget_chars);
+            // The last step, or the step after a repeated call: the role's closing call.
+            let closing = if step == max_steps || repeats >= 1 {
+                write_grammar
+                    .as_ref()
+                    .filter(|_| !wrote)
+                    .or(finish_grammar.as_ref())
+            } else {
+                None
+            };
             // Greedy decoding answers the same conversation the same way: after the same call
             // three times in a row, sample (seeded, so a run is still reproducible).
-            let temperature = if repeats >= 2 {
-                role.sampling.temperature.max(REPEAT_TEMPERATURE)
+            let temperature = if repeats >= 2 && closing.is_none() {
+                temperature.max(REPEAT_TEMPERATURE)
             } else {
-                role.sampling.temperature
+                temperature
             };
             let sampling = Sampling {
                 temperature,
                 top_p: role.sampling.top_p,
                 top_k: role.sampling.top_k,
-                seed: role.sampling.seed.wrapping_add(step),
+                seed: role
+                    .sampling
+                    .seed
+                    .wrapping_add(round.wrapping_mul(1_000))
+                    .wrapping_add(step),
                 ..Sampling::greedy()
             };
             let request = GenerateRequest::chat(messages.clone())
                 .with_max_tokens(max_tokens)
                 .with_sampling(sampling)
-                .with_constraint(Constraint::Gbnf(grammar.clone()));
+                .with_constraint(Constraint::Gbnf(closing.unwrap_or(&grammar).clone()));
             let mut stream = self.env.backend.generate(request);
             let mut text = String::new();
             let mut finished: Option<(RequestStats, FinishReason)> = None;
@@ -1195,13 +1278,22 @@ impl Runner<'_> {
                         },
                     );
                     let allowed = role.tools.iter().any(|t| t == call.name());
-                    let outcome = match (&call, allowed) {
-                        (ToolCall::Done { summary }, true) => {
+                    let refused = match &call {
+                        ToolCall::WriteFile { path, .. } | ToolCall::Edit { path, .. }
+                            if allowed =>
+                        {
+                            role.may_write(path).err()
+                        }
+                        _ => None,
+                    };
+                    let outcome = match (&call, allowed, refused) {
+                        (_, _, Some(why)) => ToolOutcome::Denied(why),
+                        (ToolCall::Done { summary }, true, None) => {
                             turn.finished = true;
                             turn.summary = summary.clone();
                             ToolOutcome::Output("turn ended".into())
                         }
-                        (ToolCall::Review { verdict, findings }, true) => {
+                        (ToolCall::Review { verdict, findings }, true, None) => {
                             turn.finished = true;
                             turn.verdict = Some(*verdict);
                             turn.findings = findings.clone();
@@ -1215,7 +1307,16 @@ impl Runner<'_> {
                             }
                             ToolOutcome::Output(format!("review recorded: {verdict:?}"))
                         }
-                        _ => toolbox.run(&call, agent, &role.tools, self.emitter).await,
+                        _ => {
+                            let outcome =
+                                toolbox.run(&call, agent, &role.tools, self.emitter).await;
+                            wrote |= outcome.ok()
+                                && matches!(
+                                    call,
+                                    ToolCall::WriteFile { .. } | ToolCall::Edit { .. }
+                                );
+                            outcome
+                        }
                     };
                     self.emitter.emit(
                         Some(agent),
@@ -1301,71 +1402,105 @@ fn fit(messages: &mut Vec<ChatMessage>, budget: usize) {
     }
 }
 
-/// A temporary copy of the base commit's files with the files the testers added or changed
-/// (between commits `from` and `to` of the worktree) laid over them, and those paths; `None` when
-/// the testers changed nothing or the copy cannot be made. Written from git objects, so neither
-/// the user's tree nor any index is touched.
-fn base_with_new_tests(
-    worktree: &std::path::Path,
-    base: &str,
-    from: &str,
-    to: &str,
-) -> Option<(tempfile::TempDir, Vec<String>)> {
-    let repo = git2::Repository::open(worktree).ok()?;
+/// The paths added or changed (not deleted) between commits `from` and `to` of the worktree.
+fn changed_paths(worktree: &std::path::Path, from: &str, to: &str) -> Vec<String> {
+    let Ok(repo) = git2::Repository::open(worktree) else {
+        return Vec::new();
+    };
     let tree_of = |rev: &str| repo.revparse_single(rev).ok()?.peel_to_tree().ok();
-    let diff = repo
-        .diff_tree_to_tree(tree_of(from).as_ref(), tree_of(to).as_ref(), None)
-        .ok()?;
-    let paths: Vec<String> = diff
-        .deltas()
+    let Ok(diff) = repo.diff_tree_to_tree(tree_of(from).as_ref(), tree_of(to).as_ref(), None)
+    else {
+        return Vec::new();
+    };
+    diff.deltas()
         .filter(|d| d.status() != git2::Delta::Deleted)
         .filter_map(|d| {
             d.new_file()
                 .path()
                 .map(|p| p.to_string_lossy().into_owned())
         })
-        .collect();
-    if paths.is_empty() {
-        return None;
-    }
+        .collect()
+}
+
+/// A temporary directory with the files of commit `rev` of the worktree's repository, where each
+/// of `paths` is instead as it is at commit `from` (left out when `from` has no such file).
+/// Written from git objects, so neither the user's tree nor any index is touched; `None` when
+/// the copy cannot be made.
+fn commit_copy(
+    worktree: &std::path::Path,
+    rev: &str,
+    paths: &[String],
+    from: &str,
+) -> Option<tempfile::TempDir> {
+    let repo = git2::Repository::open(worktree).ok()?;
+    let tree_of = |rev: &str| repo.revparse_single(rev).ok()?.peel_to_tree().ok();
     let dir = tempfile::Builder::new()
-        .prefix("troupe-base-")
+        .prefix("troupe-tests-")
         .tempdir()
         .ok()?;
-    let base_tree = tree_of(base)?;
+    let write = |path: &std::path::Path, entry: &git2::TreeEntry<'_>| -> bool {
+        let Ok(blob) = repo.find_blob(entry.id()) else {
+            return false;
+        };
+        let ok = path
+            .parent()
+            .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+            && std::fs::write(path, blob.content()).is_ok();
+        #[cfg(unix)]
+        if ok && entry.filemode() == 0o100755 {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+        }
+        ok
+    };
     let mut failed = false;
-    base_tree
+    tree_of(rev)?
         .walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
-            if entry.kind() == Some(git2::ObjectType::Blob)
-                && let Ok(blob) = repo.find_blob(entry.id())
-            {
-                let path = dir
-                    .path()
-                    .join(parent)
-                    .join(entry.name().unwrap_or_default());
-                let ok = path
-                    .parent()
-                    .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
-                    && std::fs::write(&path, blob.content()).is_ok();
-                #[cfg(unix)]
-                if ok && entry.filemode() == 0o100755 {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                let rel = format!("{parent}{}", entry.name().unwrap_or_default());
+                if !paths.contains(&rel) {
+                    failed |= !write(&dir.path().join(rel), entry);
                 }
-                failed |= !ok;
             }
             git2::TreeWalkResult::Ok
         })
         .ok()?;
-    for p in &paths {
-        let target = dir.path().join(p);
-        let copied = target
-            .parent()
-            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
-            && std::fs::copy(worktree.join(p), &target).is_ok();
-        failed |= !copied;
+    let from_tree = tree_of(from)?;
+    for p in paths {
+        if let Ok(entry) = from_tree.get_path(std::path::Path::new(p))
+            && entry.kind() == Some(git2::ObjectType::Blob)
+        {
+            failed |= !write(&dir.path().join(p), &entry);
+        }
     }
-    (!failed).then_some((dir, paths))
+    (!failed).then_some(dir)
+}
+
+/// A digest of `paths` as they are at commit `rev` (their blob ids; absent ones marked), so two
+/// rounds can tell whether they ran the same tester-written tests. Empty for no paths.
+fn files_digest(worktree: &std::path::Path, rev: &str, paths: &[String]) -> String {
+    use sha2::Digest;
+    if paths.is_empty() {
+        return String::new();
+    }
+    let Ok(repo) = git2::Repository::open(worktree) else {
+        return String::new();
+    };
+    let tree = repo
+        .revparse_single(rev)
+        .ok()
+        .and_then(|o| o.peel_to_tree().ok());
+    let mut sorted: Vec<&String> = paths.iter().collect();
+    sorted.sort();
+    let mut hasher = sha2::Sha256::new();
+    for p in sorted {
+        let id = tree
+            .as_ref()
+            .and_then(|t| t.get_path(std::path::Path::new(p)).ok())
+            .map_or_else(|| "-".to_string(), |e| e.id().to_string());
+        hasher.update(format!("{p}\0{id}\n"));
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// `text` with its first letter upper-case.

@@ -61,6 +61,11 @@ pub struct SamplingSpec {
     pub top_k: i32,
     /// Seed for non-greedy sampling.
     pub seed: u32,
+    /// The temperature of the role's calls in a round that follows a round whose tests failed
+    /// (0: `temperature` again). Greedy decoding answers the same prompt the same way, so a
+    /// writer asked again mostly rewrites the code that failed; sampling gives a fresh attempt,
+    /// and the tests pick between the attempts (the loop keeps the best-tested round).
+    pub retry_temperature: f32,
 }
 
 impl Default for SamplingSpec {
@@ -70,6 +75,7 @@ impl Default for SamplingSpec {
             top_p: 1.0,
             top_k: 0,
             seed: 0,
+            retry_temperature: 0.0,
         }
     }
 }
@@ -94,9 +100,46 @@ pub struct RoleSpec {
     pub max_steps: u32,
     /// Tokens per model call.
     pub max_tokens: u32,
+    /// Paths the role may write (`write_file`, `edit`), as globs relative to the repository
+    /// root (`**/test_*.py`); empty: any path. The tester's keep it to test files, so it cannot
+    /// change the code it tests.
+    #[serde(default)]
+    pub writable: Vec<String>,
     /// Sampling settings.
     #[serde(default)]
     pub sampling: SamplingSpec,
+}
+
+impl RoleSpec {
+    /// Whether the role may write `path` (relative, `/`-separated); `Err` names the globs.
+    pub fn may_write(&self, path: &str) -> std::result::Result<(), String> {
+        if self.writable.is_empty() {
+            return Ok(());
+        }
+        let set = writable_set(&self.writable).map_err(|e| e.to_string())?;
+        let path = path.trim_start_matches("./");
+        if set.is_match(path) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the {} may write only files matching {}; `{path}` is not one",
+                self.name,
+                self.writable.join(", ")
+            ))
+        }
+    }
+}
+
+fn writable_set(globs: &[String]) -> std::result::Result<globset::GlobSet, globset::Error> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for g in globs {
+        builder.add(
+            globset::GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()?,
+        );
+    }
+    builder.build()
 }
 
 /// All roles with the prompts and grammars they use.
@@ -182,6 +225,22 @@ impl Roles {
             })
     }
 
+    /// `name`'s grammar with the rule `rule` as its root (`finish`: a turn's closing calls;
+    /// `write`: a `write_file` call), or `None` when the grammar has no such rule. The
+    /// orchestrator uses it for a turn's last call and after a call the model repeated, so a turn
+    /// ends with what it is for (a review, a written file) instead of running out of steps.
+    pub fn closing_grammar(&self, name: &str, rule: &str) -> Result<Option<String>> {
+        let text = self.grammar(name)?;
+        let defined = format!("{rule} ");
+        if !text
+            .lines()
+            .any(|l| l.starts_with(&defined) && l.contains("::="))
+        {
+            return Ok(None);
+        }
+        Ok(root_line(text).map(|root| text.replacen(root, &format!("root ::= {rule}"), 1)))
+    }
+
     /// Renders a prompt template with `ctx` (strict: an undefined variable is an error).
     pub fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String> {
         let source = self.prompts.get(name).ok_or_else(|| Error::Template {
@@ -219,6 +278,15 @@ impl Roles {
                     role.grammar
                 ))
             })?;
+            if let Err(e) = writable_set(&role.writable) {
+                return Err(fail(format!("a glob in `writable` does not parse: {e}")));
+            }
+            if grammar.lines().any(|l| l.starts_with("finish ")) && root_line(grammar).is_none() {
+                return Err(fail(format!(
+                    "its grammar {} has a `finish` rule but no one-line `root` rule",
+                    role.grammar
+                )));
+            }
             if role.max_steps == 0 || role.max_tokens == 0 {
                 return Err(fail("max_steps and max_tokens must be at least 1".into()));
             }
@@ -248,6 +316,17 @@ impl Roles {
             }
         }
         Ok(())
+    }
+}
+
+/// The grammar's `root ::= ...` line, when the rule is on one line.
+fn root_line(grammar: &str) -> Option<&str> {
+    let mut lines = grammar.lines().skip_while(|l| !l.starts_with("root "));
+    let root = lines.next()?;
+    // A rule continued on the next line starts that line with whitespace.
+    match lines.next() {
+        Some(next) if next.starts_with([' ', '\t']) && !next.trim().is_empty() => None,
+        _ => Some(root),
     }
 }
 
@@ -290,7 +369,7 @@ mod tests {
                     &role.prompt,
                     minijinja::context! { round => 2, feedback => "fix it", diff => "+x",
                     changed => vec![minijinja::context! { path => "a.py", text => "x = 1\n" }],
-                    test_command => "true", tools => tools },
+                    test_command => "true", tools => tools, task => "do it", shown => vec!["a.py"] },
                 )
                 .unwrap();
             assert!(!text.contains("{{"), "{text}");
@@ -314,6 +393,51 @@ mod tests {
             assert!(text.starts_with("{#"), "{name}");
             assert!(text.contains("relies on"), "{name}");
         }
+    }
+
+    #[test]
+    fn each_builtin_grammar_has_a_one_line_root_and_a_closing_rule() {
+        let roles = Roles::builtin().unwrap();
+        for role in roles.all() {
+            let finish = roles
+                .closing_grammar(&role.grammar, "finish")
+                .unwrap()
+                .unwrap();
+            assert!(finish.contains("\nroot ::= finish\n"), "{}", role.name);
+            assert!(!finish.contains("root     ::="), "{}", role.name);
+            let write = roles.closing_grammar(&role.grammar, "write").unwrap();
+            assert_eq!(
+                write.is_some(),
+                role.tools.iter().any(|t| t == "write_file"),
+                "{}",
+                role.name
+            );
+        }
+        // A grammar without the rule has no such variant.
+        assert_eq!(roles.closing_grammar("full", "finish").unwrap(), None);
+    }
+
+    #[test]
+    fn the_tester_may_write_test_files_only_and_the_writer_anything() {
+        let roles = Roles::builtin().unwrap();
+        let tester = &roles.of_kind(RoleKind::Tester)[0];
+        for ok in [
+            "test_calc.py",
+            "tests/test_calc.py",
+            "pkg/tests/helpers.py",
+            "calc_test.go",
+            "src/app.test.ts",
+            "src/__tests__/app.js",
+            "src/test/java/CalcTest.java",
+            "conftest.py",
+        ] {
+            assert!(tester.may_write(ok).is_ok(), "{ok}");
+        }
+        for refused in ["calc.py", "src/lib.rs", "testing.md", "latest.py"] {
+            let err = tester.may_write(refused).unwrap_err();
+            assert!(err.contains(refused) && err.contains("test_*"), "{err}");
+        }
+        assert!(roles.writer().unwrap().may_write("calc.py").is_ok());
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! What each round of a task left, and which round the task keeps.
 //!
 //! Every round ends with a commit on the task branch (the snapshot of its files) and, when there
-//! is a test command, one run of it by troupe. Rounds are ranked by that run alone: a passing run
-//! beats a failing one; then a run whose summary was recognised beats one without (a crash or a
-//! timeout); then fewer failing tests; then more passing ones. Equal runs rank the same, and
-//! among equals the later round counts as the best. A round that ranks below the best round so
-//! far is undone: the files go back to the best round's snapshot.
+//! is a test command, a run of it by troupe. A run ranks above another when it passes and the
+//! other does not; then when its summary was recognised and the other's was not (a crash or a
+//! timeout); then with fewer failing tests; then with more passing ones.
+//!
+//! Rounds are compared first by the repository's own tests: the run without the files the
+//! testers wrote (`own_tests`; the same as `tests` while the testers have written nothing). A
+//! small model's tests are often wrong, and a wrong test must not make a correct answer lose to
+//! code bent to fit it. Between rounds equal on their own tests, the whole run decides, but only
+//! when both rounds ran the same tester-written tests (`tests_id`): counts of different tests say
+//! nothing about the code. Among equals the later round counts as the best. A round that ranks
+//! below the best round so far is undone: the files go back to the best round's snapshot.
 
 use std::cmp::Ordering;
 
@@ -95,6 +101,14 @@ pub struct RoundResult {
     /// The test command's run on that snapshot; `None`: not run (no test command, or no change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestRun>,
+    /// The run on the snapshot without the files the testers wrote (as at the base commit);
+    /// `None` when the testers have written nothing, so `tests` is that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_tests: Option<TestRun>,
+    /// Which tester-written tests `tests` ran: a digest of those files at the snapshot (empty:
+    /// none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tests_id: String,
     /// Reviewer findings of severity high.
     #[serde(default)]
     pub high_findings: u32,
@@ -106,20 +120,49 @@ pub struct RoundResult {
     pub reverted_to: Option<u32>,
 }
 
-/// The best tested round that was not undone: the highest-ranked test run, the later round among
-/// equals. `None` when no round has a test run and a snapshot.
+impl RoundResult {
+    /// The run of the repository's own tests: `own_tests`, else `tests`.
+    pub fn own(&self) -> Option<&TestRun> {
+        self.own_tests.as_ref().or(self.tests.as_ref())
+    }
+
+    /// How this round ranks against `other` (greater is better): by the repository's own
+    /// tests, then by the whole run when both ran the same tester-written tests. `None` when
+    /// either has no test run.
+    pub fn rank(&self, other: &Self) -> Option<Ordering> {
+        let own = self.own()?.rank(other.own()?);
+        if own != Ordering::Equal || self.tests_id != other.tests_id {
+            return Some(own);
+        }
+        Some(self.tests.as_ref()?.rank(other.tests.as_ref()?))
+    }
+
+    /// E.g. `the tests fail (1 of 3 fail); without the testers' tests, the tests pass (1
+    /// passed)`.
+    pub fn describe_tests(&self) -> String {
+        let Some(tests) = &self.tests else {
+            return "not tested".into();
+        };
+        match &self.own_tests {
+            Some(own) if own != tests => format!(
+                "{}; without the testers' tests, {}",
+                tests.describe(),
+                own.describe()
+            ),
+            _ => tests.describe(),
+        }
+    }
+}
+
+/// The best tested round that was not undone: the highest-ranked ([`RoundResult::rank`]), the
+/// later round among equals. `None` when no round has a test run and a snapshot.
 pub fn best(rounds: &[RoundResult]) -> Option<&RoundResult> {
     let mut best: Option<&RoundResult> = None;
     for r in rounds {
-        let (Some(tests), Some(_)) = (&r.tests, &r.commit) else {
-            continue;
-        };
-        if r.reverted_to.is_some() {
+        if r.tests.is_none() || r.commit.is_none() || r.reverted_to.is_some() {
             continue;
         }
-        let better_or_equal = best
-            .and_then(|b| b.tests.as_ref())
-            .is_none_or(|b| tests.rank(b) != Ordering::Less);
+        let better_or_equal = best.is_none_or(|b| r.rank(b) != Some(Ordering::Less));
         if better_or_equal {
             best = Some(r);
         }
@@ -334,6 +377,8 @@ mod tests {
             round,
             commit: Some(format!("c{round}")),
             tests,
+            own_tests: None,
+            tests_id: String::new(),
             high_findings: 0,
             feedback: String::new(),
             reverted_to: None,
@@ -368,6 +413,45 @@ mod tests {
             Some(1),
             "an undone round is never the best"
         );
+    }
+
+    #[test]
+    fn rounds_rank_by_the_repositorys_own_tests_before_the_testers_tests() {
+        let run = |passed, p, f| {
+            Some(TestRun {
+                passed,
+                counts: counts(p, f),
+            })
+        };
+        // Round 1: correct code; the tester's wrong test fails, the repository's tests pass.
+        let mut one = round(1, run(false, 1, 1));
+        one.own_tests = run(true, 1, 0);
+        one.tests_id = "t1".into();
+        // Round 2: code bent to the wrong test; the repository's own test fails.
+        let mut two = round(2, run(false, 1, 1));
+        two.own_tests = run(false, 0, 1);
+        two.tests_id = "t1".into();
+        assert_eq!(two.rank(&one), Some(Ordering::Less));
+        assert_eq!(best(&[one.clone(), two]).map(|r| r.round), Some(1));
+
+        // Equal on the own tests and the same tester tests: the whole run decides.
+        let mut three = round(3, run(true, 2, 0));
+        three.own_tests = run(true, 1, 0);
+        three.tests_id = "t1".into();
+        assert_eq!(three.rank(&one), Some(Ordering::Greater));
+        // Different tester tests: their counts are not compared; equal, the later wins.
+        let mut four = round(4, run(false, 2, 3));
+        four.own_tests = run(true, 1, 0);
+        four.tests_id = "t2".into();
+        assert_eq!(four.rank(&three), Some(Ordering::Equal));
+        assert_eq!(best(&[three, four]).map(|r| r.round), Some(4));
+        assert!(
+            one.describe_tests()
+                .contains("without the testers' tests, the tests pass"),
+            "{}",
+            one.describe_tests()
+        );
+        assert_eq!(round(5, None).rank(&one), None);
     }
 
     #[test]

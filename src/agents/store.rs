@@ -98,6 +98,9 @@ pub struct TaskRecord {
     /// Why that round was kept.
     #[serde(default)]
     pub kept_reason: String,
+    /// Every path a tester role has written so far (the repository's own tests are the rest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tester_paths: Vec<String>,
     /// Seconds since the epoch.
     pub created_unix: u64,
     /// Seconds since the epoch.
@@ -380,6 +383,7 @@ mod tests {
             rounds: Vec::new(),
             kept_round: None,
             kept_reason: String::new(),
+            tester_paths: vec!["test_x.py".into()],
             created_unix: 1,
             updated_unix: 1,
             pid: 1,

@@ -624,7 +624,7 @@ async fn the_tiny_model_runs_a_task_to_a_clean_end_in_a_worktree() {
     options.n_threads = Some(2);
     let engine = crate::engine::testutil::start(options).await;
     let mut c = config("python3 -m unittest -q", 1);
-    c.agents.max_steps = 2;
+    c.agents.max_steps = 3;
     c.agents.max_tokens = 48;
     c.engine.ctx_per_seq = 2048;
     let mut s = session(Arc::new(engine), dir.path(), c);
@@ -901,6 +901,21 @@ fn kept(events: &[Event]) -> Option<crate::protocol::KeptRound> {
         EventMsg::TaskComplete { kept, .. } => kept.clone(),
         _ => None,
     })
+}
+
+/// The rule a request's grammar starts from: `root`, or the closing rule (`finish`, `write`) the
+/// orchestrator made its root.
+fn root_rule(request: &GenerateRequest) -> &'static str {
+    let Some(crate::engine::Constraint::Gbnf(g)) = &request.constraint else {
+        panic!(
+            "every call is grammar-constrained: {:?}",
+            request.constraint
+        );
+    };
+    ["finish", "write"]
+        .into_iter()
+        .find(|rule| g.contains(&format!("\nroot ::= {rule}\n")))
+        .unwrap_or("root")
 }
 
 /// The writer's first message of each round (its prompt), in order.
@@ -1310,7 +1325,7 @@ async fn a_search_with_a_mode_answers_with_the_notes_and_results_of_the_command(
 }
 
 #[tokio::test]
-async fn a_repeated_call_is_pointed_out_then_sampled_and_the_next_round_shows_the_changed_files() {
+async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried_sampled() {
     let dir = sum_repo();
     let backend = Scripted::new(&[(
         "writer",
@@ -1341,12 +1356,18 @@ async fn a_repeated_call_is_pointed_out_then_sampled_and_the_next_round_shows_th
     assert!(!last_user(1).contains("You made exactly this call"));
     assert!(last_user(2).contains("You made exactly this call just before"));
     assert!(last_user(3).contains("You made exactly this call just before"));
-    // Greedy until the same call came three times; then sampled, seeded.
-    let temperatures: Vec<f32> = requests[..5]
-        .iter()
-        .map(|r| r.sampling.temperature)
-        .collect();
-    assert_eq!(temperatures, [0.0, 0.0, 0.0, 0.7, 0.0]);
+    // After a repeated call, the next calls are held to a closing rule until the model does
+    // something else: a write while it has written nothing this turn.
+    let roots: Vec<&str> = requests.iter().map(|r| root_rule(r)).collect();
+    assert_eq!(
+        roots,
+        ["root", "root", "write", "write", "root", "root", "root"]
+    );
+    // Round 1 is greedy; round 2 follows failed tests, so it samples at the writer's retry
+    // temperature, with its own seeds.
+    let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
+    assert_eq!(temperatures, [0.0, 0.0, 0.0, 0.0, 0.0, 0.8, 0.8]);
+    assert_ne!(requests[5].sampling.seed, requests[0].sampling.seed);
     // Round 2's writer starts with the file as round 1 left it, and the failing tests.
     let round2 = last_user(5);
     assert!(
@@ -1356,5 +1377,130 @@ async fn a_repeated_call_is_pointed_out_then_sampled_and_the_next_round_shows_th
     assert!(
         round2.contains("The tests fail (`python3 -B -m unittest -q`, exit code 1)"),
         "{round2}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_test_by_the_tester_does_not_undo_a_correct_round_and_the_tester_cannot_touch_the_code()
+ {
+    let dir = sum_repo();
+    let wrong_test = "import unittest\n\nfrom calc import add\n\n\nclass TestMore(unittest.TestCase):\n    def test_ones(self):\n        self.assertEqual(add(1, 1), 3)\n";
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &write("calc.py", &calc("a + b")),
+                r#"{"tool": "done", "summary": "sum"}"#,
+                // Round 2: the code bent to the tester's wrong test.
+                &write("calc.py", &calc("a + b + 1")),
+                r#"{"tool": "done", "summary": "plus one"}"#,
+            ],
+        ),
+        (
+            "tester",
+            &[
+                &write("calc.py", &calc("0")),
+                &write("test_more.py", wrong_test),
+                r#"{"tool": "done", "summary": "a test"}"#,
+            ],
+        ),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 2));
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::BudgetExhausted);
+
+    // The tester's write of the code under test was refused back to it, the test file landed.
+    let tester = tool_ends(&events, "tester");
+    assert!(
+        !tester[0].0 && tester[0].1.contains("may write only files matching"),
+        "{tester:?}"
+    );
+    assert!(tester[1].0, "{tester:?}");
+
+    // Round 1 fails only the tester's test; round 2 passes it but fails the repository's own
+    // test, so round 2 is undone and the task keeps round 1.
+    let id = task_id(&events);
+    let record = TaskStore::new(dir.path()).load(&id).unwrap();
+    assert_eq!(record.tester_paths, ["test_more.py"]);
+    let r1 = &record.rounds[0];
+    assert_eq!(r1.tests.map(|t| t.passed), Some(false));
+    assert_eq!(r1.own_tests.map(|t| t.passed), Some(true));
+    assert!(!r1.tests_id.is_empty());
+    assert_eq!(record.rounds[1].own_tests.map(|t| t.passed), Some(false));
+    let undone = reverts(&events);
+    assert_eq!(
+        undone.iter().map(|(r, k, _)| (*r, *k)).collect::<Vec<_>>(),
+        [(2, 1)],
+        "{undone:?}"
+    );
+    assert!(
+        undone[0]
+            .2
+            .contains("round 1 was better: the tests fail (1 of 2 fail); without the testers' tests, the tests pass (1 passed)"),
+        "{undone:?}"
+    );
+    assert_eq!(record.kept_round, Some(1));
+    let round1 = round_commit(&events, 1);
+    assert_eq!(
+        files_of_commit(dir.path(), &record.branch),
+        files_of_commit(dir.path(), &round1)
+    );
+    let diff = store::task_diff(dir.path(), &record).unwrap();
+    assert!(diff.contains("+    return a + b\n"), "{diff}");
+
+    // The writer heard that only the tester's tests failed.
+    let prompts = writer_prompts(&backend);
+    assert!(
+        prompts[1].contains(
+            "The repository's own tests pass; what fails are tests the tester wrote (test_more.py)"
+        ),
+        "{}",
+        prompts[1]
+    );
+}
+
+#[tokio::test]
+async fn a_reviewer_that_repeats_a_call_is_held_to_its_review_and_its_last_step_reviews() {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &write("calc.py", &calc("a + b")),
+                r#"{"tool": "done", "summary": "sum"}"#,
+            ],
+        ),
+        (
+            "reviewer",
+            &[
+                r#"{"tool": "diff"}"#,
+                r#"{"tool": "diff"}"#,
+                &review("low", "name"),
+            ],
+        ),
+    ]);
+    let mut c = config(UNITTEST, 1);
+    c.agents.roles = vec!["writer".into(), "reviewer".into()];
+    c.agents.max_steps = 2;
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let requests = backend.requests.lock().unwrap();
+    let reviewer: Vec<&GenerateRequest> = requests
+        .iter()
+        .filter(|r| Scripted::role_of(r) == "reviewer")
+        .collect();
+    // Two steps: the second is the last, so it may only review.
+    assert_eq!(reviewer.len(), 2);
+    let grammar = |r: &GenerateRequest| match &r.constraint {
+        Some(crate::engine::Constraint::Gbnf(g)) => g.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(root_rule(reviewer[0]), "root");
+    assert_eq!(root_rule(reviewer[1]), "finish");
+    let last = grammar(reviewer[1]);
+    assert!(
+        last.contains("finish   ::= \"{\\\"tool\\\": \" review \"}\""),
+        "{last}"
     );
 }
