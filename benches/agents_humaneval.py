@@ -251,6 +251,7 @@ def main():
     ap.add_argument("--cache", default=str(Path.home() / ".cache/troupe/bench"))
     ap.add_argument("--tasks", type=int, default=20, help="the first N HumanEval tasks")
     ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--only", default="", help="these task numbers instead (e.g. 1,5,6)")
     ap.add_argument("--max-rounds", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=0,
@@ -267,7 +268,12 @@ def main():
     args = ap.parse_args()
     args.troupe = str(Path(args.troupe).expanduser().resolve())
     args.model = str(Path(args.model).expanduser().resolve())
-    tasks = load_tasks(Path(args.cache))[args.offset: args.offset + args.tasks]
+    tasks = load_tasks(Path(args.cache))
+    if args.only:
+        wanted = {int(n) for n in args.only.split(",")}
+        tasks = [t for t in tasks if int(t["task_id"].split("/")[1]) in wanted]
+    else:
+        tasks = tasks[args.offset: args.offset + args.tasks]
     (passk if args.what == "passk" else concurrency)(args, tasks)
 
 

@@ -12,7 +12,7 @@ export TROUPE_SARIF_SCHEMA=$TROUPE_CACHE/testdata/sarif-2.1.0-rtm.5.json
 
 troupe=$(build_troupe dev)
 say "fetching the test models (already verified ones are skipped)"
-"$troupe" models pull smollm2-135m-instruct all-minilm-l6-v2 >/dev/null
+"$troupe" models pull smollm2-135m-instruct all-minilm-l6-v2 qwen2.5-coder-0.5b-instruct >/dev/null
 
 say "running the test suite"
 cd "$TROUPE_SRC"

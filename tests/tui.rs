@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, fixture_repo_in, model_lock, test_model};
+use crate::common::{Env, coder_model, fixture_repo_in, model_lock};
 
 /// A tmux server of its own (its own socket), killed when dropped.
 pub(crate) struct Tmux {
@@ -132,7 +132,7 @@ fn the_tui_shows_three_agents_streaming_and_the_task_ending_in_tmux() {
     let config = env.root.path().join("small.toml");
     std::fs::write(
         &config,
-        "[engine]\nparallel = 4\nctx_per_seq = 2048\nthreads = 2\n\n[agents]\nmax_rounds = 1\nmax_steps = 2\nmax_tokens = 64\ntest_command = \"python3 -m unittest -q\"\ncommand_timeout_secs = 30\n",
+        "[engine]\nparallel = 4\nctx_per_seq = 2048\nthreads = 2\n\n[agents]\nmax_rounds = 1\nmax_steps = 2\nmax_tokens = 128\ntest_command = \"python3 -m unittest -q\"\ncommand_timeout_secs = 30\n",
     )
     .unwrap();
     let command = format!(
@@ -141,13 +141,13 @@ fn the_tui_shows_three_agents_streaming_and_the_task_ending_in_tmux() {
         env.config_dir().display(),
         env!("CARGO_BIN_EXE_troupe"),
         config.display(),
-        test_model().display(),
+        coder_model().display(),
     );
     let tmux = Tmux::start(&repo, &command);
 
     // The UI draws, the model loads, the index state shows.
     tmux.wait_for("the session to be ready", Duration::from_secs(60), |s| {
-        s.contains("n: new task") && s.contains("smollm2")
+        s.contains("n: new task") && s.contains("qwen2.5-coder")
     });
     tmux.keys(&["n"]);
     tmux.text("Replace hello with goodbye in README.md");

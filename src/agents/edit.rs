@@ -91,6 +91,14 @@ pub fn validate_path(root: &Path, rel: &str) -> Result<PathBuf, EditError> {
     Ok(full)
 }
 
+/// What a rewrite with the file's own content answers (after the path).
+const UNCHANGED: &str = "already has exactly this content; nothing changed";
+
+/// Whether `message` (an [`apply_edit`] answer) says the file was left as it was.
+pub fn is_unchanged(message: &str) -> bool {
+    message.contains(UNCHANGED)
+}
+
 /// Replaces the exact text `search` with `replace` in `root/rel`. An empty `search` makes
 /// `replace` the whole file (created, or rewritten: small models rewrite a file more reliably
 /// than they quote it). Returns a short description of what changed.
@@ -119,7 +127,7 @@ pub fn apply_edit(
         };
         if existed && old == text {
             return Ok(format!(
-                "{rel} already has exactly this content; nothing changed. If the change is complete, end your turn"
+                "{rel} {UNCHANGED}. If the change is complete, end your turn"
             ));
         }
         refuse_new_syntax_errors(rel, &old, &text)?;

@@ -33,7 +33,7 @@ use super::rounds::{self, RoundResult, TestRun};
 use super::search::CodeSearch;
 use super::store::{AppendLog, TaskRecord, TaskStatus, TaskStore, new_task_id, now_unix};
 use super::tools::{self, ToolCall, ToolOutcome, Toolbox, Verdict};
-use super::{Error, Result, context};
+use super::{Error, Result, context, edit};
 use crate::config::AgentsConfig;
 use crate::engine::{
     Backend, ChatMessage, Constraint, FinishReason, GenerateEvent, GenerateRequest, Sampling,
@@ -272,6 +272,7 @@ pub async fn run_task(env: TaskEnv, emitter: Emitter, start: TaskStart) -> Resul
         transcript,
         store: &store,
         started: Instant::now(),
+        task: record.text.clone(),
     };
     let outcome = match runner.rounds(&mut record).await {
         Ok(outcome) => outcome,
@@ -421,6 +422,8 @@ struct Runner<'a> {
     transcript: Arc<AppendLog>,
     store: &'a TaskStore,
     started: Instant,
+    /// The task's text, restated to an agent whose call changed nothing.
+    task: String,
 }
 
 impl Runner<'_> {
@@ -606,6 +609,7 @@ impl Runner<'_> {
             let shown_diff = tools::clip(&diff, diff_budget);
             let mut turns = Vec::new();
             for role in reviewers.iter().chain(testers.iter()) {
+                let (test_files, test_path) = test_files_for(&record.worktree, &diff, role);
                 let prompt = roles.render(
                     &role.prompt,
                     minijinja::context! {
@@ -615,6 +619,8 @@ impl Runner<'_> {
                         test_command => test_command.clone().unwrap_or_default(),
                         tools => tool_usages(role),
                         task => record.text,
+                        test_files => test_files,
+                        test_path => test_path,
                     },
                 )?;
                 turns.push(self.agent_turn_owned(
@@ -1103,7 +1109,20 @@ impl Runner<'_> {
             .roles
             .closing_grammar(&role.grammar, "write")?
             .filter(|_| role.tools.iter().any(|t| t == "write_file"));
+        // The writer ends a turn without a change only when it says so twice: small models
+        // call `done` after rewriting a file as it was.
+        let writes = role.kind == RoleKind::Writer;
         let mut wrote = false;
+        // Whether a `done` without a change was already sent back once this turn.
+        let mut pushed_back = false;
+        // Rewrites of a file with its own content.
+        let mut unchanged_writes = 0u32;
+        let turn_task = self.task.clone();
+        let retry_temperature = if role.sampling.retry_temperature > 0.0 {
+            role.sampling.retry_temperature
+        } else {
+            REPEAT_TEMPERATURE
+        };
         let temperature = if retry && role.sampling.retry_temperature > 0.0 {
             role.sampling.retry_temperature
         } else {
@@ -1141,7 +1160,9 @@ impl Runner<'_> {
             };
             // Greedy decoding answers the same conversation the same way: after the same call
             // three times in a row, sample (seeded, so a run is still reproducible).
-            let temperature = if repeats >= 2 && closing.is_none() {
+            let temperature = if unchanged_writes > 0 {
+                temperature.max(retry_temperature)
+            } else if repeats >= 2 && closing.is_none() {
                 temperature.max(REPEAT_TEMPERATURE)
             } else {
                 temperature
@@ -1288,6 +1309,13 @@ impl Runner<'_> {
                     };
                     let outcome = match (&call, allowed, refused) {
                         (_, _, Some(why)) => ToolOutcome::Denied(why),
+                        (ToolCall::Done { .. }, true, None) if writes && !wrote && !pushed_back => {
+                            pushed_back = true;
+                            ToolOutcome::Denied(format!(
+                                "you have not changed any file this turn, so the task is not done yet. {}, then call `done`; call `done` again now only if the task needs no change.",
+                                write_again(&turn_task)
+                            ))
+                        }
                         (ToolCall::Done { summary }, true, None) => {
                             turn.finished = true;
                             turn.summary = summary.clone();
@@ -1310,12 +1338,33 @@ impl Runner<'_> {
                         _ => {
                             let outcome =
                                 toolbox.run(&call, agent, &role.tools, self.emitter).await;
-                            wrote |= outcome.ok()
-                                && matches!(
-                                    call,
-                                    ToolCall::WriteFile { .. } | ToolCall::Edit { .. }
-                                );
-                            outcome
+                            match (&call, outcome) {
+                                (
+                                    ToolCall::WriteFile { path, .. } | ToolCall::Edit { path, .. },
+                                    ToolOutcome::Output(msg),
+                                ) if edit::is_unchanged(&msg) => {
+                                    // The file as it was: no progress. Say so plainly (unless
+                                    // this turn already changed something) and sample from now
+                                    // on, since greedy decoding would write the same again.
+                                    unchanged_writes += 1;
+                                    if wrote {
+                                        ToolOutcome::Output(msg)
+                                    } else {
+                                        ToolOutcome::Failed(format!(
+                                            "{path} already has exactly this content: writing it as it is changes nothing, and the task is not done. {}.",
+                                            write_again(&turn_task)
+                                        ))
+                                    }
+                                }
+                                (call, outcome) => {
+                                    wrote |= outcome.ok()
+                                        && matches!(
+                                            call,
+                                            ToolCall::WriteFile { .. } | ToolCall::Edit { .. }
+                                        );
+                                    outcome
+                                }
+                            }
                         }
                     };
                     self.emitter.emit(
@@ -1360,6 +1409,11 @@ impl Runner<'_> {
     }
 }
 
+/// What a role that writes files is told to do after a call that changed nothing.
+fn write_again(task: &str) -> String {
+    format!("Write the file with the change the task asks for (the task: {task})")
+}
+
 /// Most bytes of changed files shown to the writer at the start of a round.
 const CHANGED_FILES_LIMIT: usize = 12_000;
 
@@ -1380,6 +1434,91 @@ fn changed_files(worktree: &std::path::Path, base: &str) -> Vec<minijinja::Value
             Some(minijinja::context! { path => path, text => text })
         })
         .collect()
+}
+
+/// Most bytes of existing test files shown to a tester.
+const TEST_FILES_LIMIT: usize = 6_000;
+
+/// For a role that writes tests (its `writable` globs), the existing test files that go with the
+/// files `diff` changes, as `{path, text}` (at most two, within [`TEST_FILES_LIMIT`]): those whose
+/// name holds a changed file's stem (`test_calc.py`, `calc_test.go` for `calc.py`, `calc.go`),
+/// else those whose text names it; and the path to write tests to: the first of those, else the
+/// conventional new test file for the first changed file. Empty for a role that may write
+/// anywhere, or when the change touches only test files.
+fn test_files_for(
+    worktree: &std::path::Path,
+    diff: &str,
+    role: &RoleSpec,
+) -> (Vec<minijinja::Value>, String) {
+    if role.writable.is_empty() {
+        return (Vec::new(), String::new());
+    }
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ b/"))
+        .filter(|p| role.may_write(p).is_err())
+        .collect();
+    let Some(first) = changed.first() else {
+        return (Vec::new(), String::new());
+    };
+    let stem_of = |p: &str| {
+        let name = p.rsplit('/').next().unwrap_or(p);
+        name.split('.').next().unwrap_or(name).to_string()
+    };
+    let stems: Vec<String> = changed.iter().map(|p| stem_of(p)).collect();
+    let tests: Vec<String> = super::search::list_files(worktree, None, 5_000)
+        .into_iter()
+        .filter(|p| role.may_write(p).is_ok())
+        .collect();
+    let by_name = tests
+        .iter()
+        .filter(|p| stems.iter().any(|s| stem_of(p).contains(s.as_str())));
+    let by_text = tests.iter().filter(|p| {
+        std::fs::read_to_string(worktree.join(p)).is_ok_and(|text| {
+            stems.iter().any(|s| {
+                text.lines()
+                    .any(|l| l.contains("import") || l.contains("use ") || l.contains("require"))
+                    && text.contains(s.as_str())
+            })
+        })
+    });
+    let mut picked: Vec<&String> = Vec::new();
+    for p in by_name.chain(by_text) {
+        if !picked.contains(&p) && picked.len() < 2 {
+            picked.push(p);
+        }
+    }
+    let mut room = TEST_FILES_LIMIT;
+    let files: Vec<minijinja::Value> = picked
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(worktree.join(p)).ok()?;
+            room = room.checked_sub(text.len())?;
+            Some(minijinja::context! { path => p, text => text })
+        })
+        .collect();
+    let path = picked
+        .first()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| new_test_path(first));
+    (files, path)
+}
+
+/// Where a new test file for `path` conventionally goes: `test_calc.py` beside `calc.py`,
+/// `calc_test.go`, `calc.test.ts`, `tests/calc.rs`, else `tests/test_<name>`.
+fn new_test_path(path: &str) -> String {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (format!("{d}/"), n),
+        None => (String::new(), path),
+    };
+    let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+    match ext {
+        "py" => format!("{dir}test_{stem}.py"),
+        "go" => format!("{dir}{stem}_test.go"),
+        "js" | "ts" | "jsx" | "tsx" | "mjs" => format!("{dir}{stem}.test.{ext}"),
+        "rs" => format!("tests/{stem}.rs"),
+        _ => format!("tests/test_{name}"),
+    }
 }
 
 /// The sampling temperature of an agent's call after it made the same call three times in a row.
@@ -1534,6 +1673,40 @@ pub(crate) fn convert_stats(s: &crate::engine::RequestStats) -> RequestStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tester_is_shown_the_test_files_of_the_changed_code_and_where_to_write() {
+        let dir = crate::git::test_fixture(&[
+            ("calc.py", "def add(a, b):\n    return a + b\n"),
+            ("test_calc.py", "import calc\n"),
+            ("test_other.py", "import other\n"),
+            ("tests/test_api.py", "from calc import add\n"),
+            ("other.py", "X = 1\n"),
+        ]);
+        let roles = crate::agents::roles::Roles::builtin().unwrap();
+        let tester = roles.all().iter().find(|r| r.name == "tester").unwrap();
+        let diff = "--- a/calc.py\n+++ b/calc.py\n@@ -1 +1 @@\n";
+        let (files, path) = test_files_for(dir.path(), diff, tester);
+        let paths: Vec<String> = files
+            .iter()
+            .map(|f| f.get_attr("path").unwrap().to_string())
+            .collect();
+        assert_eq!(paths, ["test_calc.py", "tests/test_api.py"]);
+        assert_eq!(path, "test_calc.py");
+        // No test file yet: the conventional new one.
+        let diff = "--- /dev/null\n+++ b/pkg/new_mod.py\n@@ -0,0 +1 @@\n";
+        let (files, path) = test_files_for(dir.path(), diff, tester);
+        assert!(files.is_empty());
+        assert_eq!(path, "pkg/test_new_mod.py");
+        // A change to tests only, or a role that may write anywhere: nothing.
+        let diff = "+++ b/test_calc.py\n";
+        assert_eq!(test_files_for(dir.path(), diff, tester).1, "");
+        let writer = roles.writer().unwrap();
+        assert_eq!(test_files_for(dir.path(), "+++ b/calc.py\n", writer).1, "");
+        assert_eq!(new_test_path("src/parse.go"), "src/parse_test.go");
+        assert_eq!(new_test_path("web/app.ts"), "web/app.test.ts");
+        assert_eq!(new_test_path("src/lib.rs"), "tests/lib.rs");
+    }
 
     #[test]
     fn fitting_drops_the_oldest_exchanges_but_keeps_the_prompt() {

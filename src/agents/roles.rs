@@ -369,7 +369,9 @@ mod tests {
                     &role.prompt,
                     minijinja::context! { round => 2, feedback => "fix it", diff => "+x",
                     changed => vec![minijinja::context! { path => "a.py", text => "x = 1\n" }],
-                    test_command => "true", tools => tools, task => "do it", shown => vec!["a.py"] },
+                    test_command => "true", tools => tools, task => "do it", shown => vec!["a.py"],
+                    test_files => vec![minijinja::context! { path => "test_a.py", text => "" }],
+                    test_path => "test_a.py" },
                 )
                 .unwrap();
             assert!(!text.contains("{{"), "{text}");

@@ -598,34 +598,37 @@ async fn an_interrupt_cancels_the_task_cleanly() {
     assert_eq!(record.status, TaskStatus::Cancelled);
 }
 
-/// The tiny chat model (SmolLM2-135M): `TROUPE_TEST_MODEL`, else the user cache. Fails (never
-/// skips) with the fix when it is missing.
-fn tiny_model() -> std::path::PathBuf {
-    let path = std::env::var_os("TROUPE_TEST_MODEL")
+/// The default chat model (Qwen2.5-Coder-0.5B-Instruct): `TROUPE_CODER_MODEL`, else the user
+/// cache. Fails (never skips) with the fix when it is missing. The agents' end-to-end test needs a
+/// model that follows the tool protocol; the tiny test model copies the prompt into its files.
+fn coder_model() -> std::path::PathBuf {
+    let path = std::env::var_os("TROUPE_CODER_MODEL")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::paths::models_dir().join("smollm2-135m-instruct.gguf"));
+        .unwrap_or_else(|| {
+            crate::paths::models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+        });
     assert!(
         path.is_file(),
-        "test model {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_TEST_MODEL",
+        "model {} is missing; run scripts/test.sh (it fetches it) or set TROUPE_CODER_MODEL",
         path.display()
     );
     path
 }
 
-/// The real tiny model, end to end: the writer, then the reviewer and tester concurrently on one
-/// engine, with a small budget. The model writes poor code; what is checked is the machinery.
+/// The real default model, end to end: the writer changes the code in a worktree, then the
+/// reviewer and tester run concurrently on one engine, with a small budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tiny_model_runs_a_task_to_a_clean_end_in_a_worktree() {
+async fn the_default_model_changes_the_code_in_a_worktree_and_the_task_ends_cleanly() {
     let dir = calc_repo();
     let before = user_state(dir.path());
-    let mut options = crate::engine::EngineOptions::new(tiny_model());
+    let mut options = crate::engine::EngineOptions::new(coder_model());
     options.n_parallel = 4;
     options.ctx_per_seq = 2048;
     options.n_threads = Some(2);
     let engine = crate::engine::testutil::start(options).await;
     let mut c = config("python3 -m unittest -q", 1);
     c.agents.max_steps = 3;
-    c.agents.max_tokens = 48;
+    c.agents.max_tokens = 128;
     c.engine.ctx_per_seq = 2048;
     let mut s = session(Arc::new(engine), dir.path(), c);
     let events = run_task(
@@ -662,7 +665,12 @@ async fn the_tiny_model_runs_a_task_to_a_clean_end_in_a_worktree() {
     );
     let id = task_id(&events);
     let record = TaskStore::new(dir.path()).load(&id).unwrap();
-    assert!(record.worktree.join("calc.py").is_file());
+    // The writer changed the code in the worktree, not in the user's checkout.
+    assert_ne!(
+        std::fs::read_to_string(record.worktree.join("calc.py")).unwrap(),
+        CALC,
+        "calc.py is unchanged in the worktree: {events:#?}"
+    );
     let repo = git2::Repository::open(dir.path()).unwrap();
     assert!(
         repo.find_branch(&record.branch, git2::BranchType::Local)
@@ -1378,6 +1386,71 @@ async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried
         round2.contains("The tests fail (`python3 -B -m unittest -q`, exit code 1)"),
         "{round2}"
     );
+}
+
+#[tokio::test]
+async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_change_is_sent_back_once()
+ {
+    let dir = sum_repo();
+    let before = std::fs::read_to_string(dir.path().join("calc.py")).unwrap();
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            // The file as it was, then `done`: neither ends the turn.
+            &write("calc.py", &before),
+            r#"{"tool": "done", "summary": "nothing to do"}"#,
+            &write("calc.py", &calc("a + b")),
+            r#"{"tool": "done", "summary": "sum"}"#,
+        ],
+    )]);
+    let mut c = config(UNITTEST, 1);
+    c.agents.roles = vec!["writer".into()];
+    c.agents.max_steps = 6;
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let requests = backend.requests.lock().unwrap();
+    assert_eq!(requests.len(), 4);
+    let last_user = |i: usize| {
+        let Prompt::Messages(m) = &requests[i].prompt else {
+            panic!()
+        };
+        m.last().unwrap().content.clone()
+    };
+    let unchanged = last_user(1);
+    assert!(
+        unchanged.starts_with("ERROR: calc.py already has exactly this content")
+            && unchanged.contains("the task: make add return the sum"),
+        "{unchanged}"
+    );
+    let pushed_back = last_user(2);
+    assert!(
+        pushed_back.starts_with("DENIED: you have not changed any file this turn"),
+        "{pushed_back}"
+    );
+    // Greedy decoding would write the same file again: after a rewrite that changed nothing,
+    // the calls sample at the writer's retry temperature.
+    let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
+    assert_eq!(temperatures, [0.0, 0.8, 0.8, 0.8]);
+}
+
+#[tokio::test]
+async fn a_writer_may_end_a_turn_without_a_change_when_it_says_so_twice() {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            r#"{"tool": "done", "summary": "already right"}"#,
+            r#"{"tool": "done", "summary": "already right"}"#,
+        ],
+    )]);
+    let mut c = config(UNITTEST, 1);
+    c.agents.roles = vec!["writer".into()];
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    // The round ends (no change, so not converged) after exactly two calls, not at the budget.
+    assert_eq!(check_events(&events), TaskOutcome::BudgetExhausted);
+    assert_eq!(backend.requests.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -162,6 +162,15 @@ pub fn test_model() -> PathBuf {
     setup_file("TROUPE_TEST_MODEL", "models/smollm2-135m-instruct.gguf")
 }
 
+/// The default chat model (Qwen2.5-Coder-0.5B-Instruct), for tests where the agents must follow
+/// their tool protocol: the tiny model cannot.
+pub fn coder_model() -> PathBuf {
+    setup_file(
+        "TROUPE_CODER_MODEL",
+        "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    )
+}
+
 /// The model tests run one at a time: each starts an engine on the same two cores.
 pub static MODEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
