@@ -598,6 +598,68 @@ async fn an_interrupt_cancels_the_task_cleanly() {
     assert_eq!(record.status, TaskStatus::Cancelled);
 }
 
+/// The real tiny model, end to end, with a small budget. It cannot follow the tool protocol (it
+/// copies its prompt into the file it writes, past the token limit): every answer it gives goes
+/// back to it as an error, and the task still ends cleanly at its budget, with its worktree and
+/// branch, the shared prefix reused from the KV cache, and the user's checkout untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tiny_model_ends_cleanly_at_its_budget_in_a_worktree() {
+    let dir = calc_repo();
+    let before = user_state(dir.path());
+    let engine =
+        crate::engine::testutil::start(crate::engine::testutil::small_options(4, 2048)).await;
+    let mut c = config("python3 -m unittest -q", 1);
+    c.agents.max_steps = 3;
+    c.agents.max_tokens = 48;
+    c.engine.ctx_per_seq = 2048;
+    let mut s = session(Arc::new(engine), dir.path(), c);
+    let events = run_task(
+        &mut s,
+        "Fix add in calc.py so it returns the sum.",
+        Duration::from_secs(90),
+    )
+    .await;
+    let outcome = check_events(&events);
+    assert!(
+        matches!(
+            outcome,
+            TaskOutcome::Converged | TaskOutcome::BudgetExhausted
+        ),
+        "{outcome:?}"
+    );
+    // Every answer became a tool call: a parsed one, or `invalid` with the error it got back.
+    let answers = events
+        .iter()
+        .filter(|e| matches!(e.msg, EventMsg::AgentMessage { .. }))
+        .count();
+    let calls = events
+        .iter()
+        .filter(|e| matches!(e.msg, EventMsg::ToolCallBegin { .. }))
+        .count();
+    assert!(answers >= 2, "{events:#?}");
+    assert_eq!(answers, calls, "{events:#?}");
+    let stats: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.msg {
+            EventMsg::ModelRequestEnd { stats } => Some(stats.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        stats.iter().skip(1).any(|s| s.cached_tokens > 0),
+        "the shared prefix is reused from the KV cache: {stats:?}"
+    );
+    let id = task_id(&events);
+    let record = TaskStore::new(dir.path()).load(&id).unwrap();
+    assert!(record.worktree.join("calc.py").is_file());
+    let repo = git2::Repository::open(dir.path()).unwrap();
+    assert!(
+        repo.find_branch(&record.branch, git2::BranchType::Local)
+            .is_ok()
+    );
+    assert_eq!(user_state(dir.path()), before);
+}
+
 /// The default chat model (Qwen2.5-Coder-0.5B-Instruct): `TROUPE_CODER_MODEL`, else the user
 /// cache. Fails (never skips) with the fix when it is missing. The agents' end-to-end test needs a
 /// model that follows the tool protocol; the tiny test model copies the prompt into its files.
