@@ -1115,8 +1115,9 @@ impl Runner<'_> {
         let mut wrote = false;
         // Whether a `done` without a change was already sent back once this turn.
         let mut pushed_back = false;
-        // Rewrites of a file with its own content.
-        let mut unchanged_writes = 0u32;
+        // Whether the calls sample from now on (after a rewrite that changed nothing, or an
+        // answer cut at the token limit: greedy decoding would give the same again).
+        let mut sample = false;
         let turn_task = self.task.clone();
         let retry_temperature = if role.sampling.retry_temperature > 0.0 {
             role.sampling.retry_temperature
@@ -1160,7 +1161,7 @@ impl Runner<'_> {
             };
             // Greedy decoding answers the same conversation the same way: after the same call
             // three times in a row, sample (seeded, so a run is still reproducible).
-            let temperature = if unchanged_writes > 0 {
+            let temperature = if sample {
                 temperature.max(retry_temperature)
             } else if repeats >= 2 && closing.is_none() {
                 temperature.max(REPEAT_TEMPERATURE)
@@ -1264,7 +1265,11 @@ impl Runner<'_> {
             let reply = match tools::parse_call(&text) {
                 Err(msg) => {
                     let msg = if reason == FinishReason::Length {
-                        format!("{msg} (the answer hit the limit of {max_tokens} tokens)")
+                        // Greedy decoding would run into the limit the same way again.
+                        sample = true;
+                        format!(
+                            "{msg} (the answer hit the limit of {max_tokens} tokens: write less, a shorter file or fewer and shorter tests)"
+                        )
                     } else {
                         msg
                     };
@@ -1343,12 +1348,16 @@ impl Runner<'_> {
                                     ToolCall::WriteFile { path, .. } | ToolCall::Edit { path, .. },
                                     ToolOutcome::Output(msg),
                                 ) if edit::is_unchanged(&msg) => {
-                                    // The file as it was: no progress. Say so plainly (unless
-                                    // this turn already changed something) and sample from now
-                                    // on, since greedy decoding would write the same again.
-                                    unchanged_writes += 1;
+                                    // The file as it was. After a change this turn: the agent
+                                    // has nothing more to change, so the turn ends (small models
+                                    // rewrite a finished file until their step limit). Before
+                                    // one: no progress; say so plainly and sample from now on,
+                                    // since greedy decoding would write the same again.
+                                    sample = true;
                                     if wrote {
-                                        ToolOutcome::Output(msg)
+                                        turn.finished = true;
+                                        turn.summary = format!("{path} written");
+                                        ToolOutcome::Output(format!("{msg}; turn ended"))
                                     } else {
                                         ToolOutcome::Failed(format!(
                                             "{path} already has exactly this content: writing it as it is changes nothing, and the task is not done. {}.",

@@ -57,6 +57,9 @@ impl Scripted {
     }
 }
 
+/// See [`Scripted`]'s `generate`.
+const CUT: &str = "<cut at the token limit>";
+
 impl Backend for Scripted {
     fn generate(&self, request: GenerateRequest) -> GenerationStream {
         let role = Self::role_of(&request);
@@ -80,13 +83,18 @@ impl Backend for Scripted {
                 "reviewer" => r#"{"tool": "review", "verdict": "approve", "findings": []}"#.into(),
                 _ => r#"{"tool": "done", "summary": "finished"}"#.into(),
             });
+        // An answer ending in CUT stands for one cut at the token limit.
+        let (text, finish_reason) = match text.strip_suffix(CUT) {
+            Some(cut) => (cut.to_string(), FinishReason::Length),
+            None => (text, FinishReason::Stop),
+        };
         let _ = tx.send(Ok(GenerateEvent::Delta {
             text,
             tokens: vec![],
         }));
         let _ = tx.send(Ok(GenerateEvent::Done {
             stats: RequestStats::default(),
-            finish_reason: FinishReason::Stop,
+            finish_reason,
         }));
         stream
     }
@@ -1458,6 +1466,39 @@ async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_cha
     // the calls sample at the writer's retry temperature.
     let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
     assert_eq!(temperatures, [0.0, 0.8, 0.8, 0.8]);
+}
+
+#[tokio::test]
+async fn a_rewrite_as_it_was_after_a_change_ends_the_turn_and_a_cut_answer_is_sampled_again() {
+    let dir = sum_repo();
+    let fixed = calc("a + b");
+    let cut = format!(
+        "{}\n```python\ndef add(a, b):\n    return a +{CUT}",
+        r#"{"tool": "write_file", "path": "calc.py"}"#
+    );
+    let backend = Scripted::new(&[(
+        "writer",
+        &[&cut, &write("calc.py", &fixed), &write("calc.py", &fixed)],
+    )]);
+    let mut c = config(UNITTEST, 1);
+    c.agents.roles = vec!["writer".into()];
+    c.agents.max_steps = 6;
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    // The second identical write ended the turn: no fourth call.
+    let requests = backend.requests.lock().unwrap();
+    assert_eq!(requests.len(), 3);
+    let Prompt::Messages(m) = &requests[1].prompt else {
+        panic!()
+    };
+    let after_cut = &m.last().unwrap().content;
+    assert!(
+        after_cut.contains("the answer hit the limit") && after_cut.contains("write less"),
+        "{after_cut}"
+    );
+    let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
+    assert_eq!(temperatures, [0.0, 0.8, 0.8]);
 }
 
 #[tokio::test]
