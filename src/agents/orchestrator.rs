@@ -1318,7 +1318,7 @@ impl Runner<'_> {
                             pushed_back = true;
                             ToolOutcome::Denied(format!(
                                 "you have not changed any file this turn, so the task is not done yet. {}, then call `done`; call `done` again now only if the task needs no change.",
-                                write_again(&turn_task)
+                                write_again(role.kind, &turn_task)
                             ))
                         }
                         (ToolCall::Done { summary }, true, None) => {
@@ -1361,7 +1361,7 @@ impl Runner<'_> {
                                     } else {
                                         ToolOutcome::Failed(format!(
                                             "{path} already has exactly this content: writing it as it is changes nothing, and the task is not done. {}.",
-                                            write_again(&turn_task)
+                                            write_again(role.kind, &turn_task)
                                         ))
                                     }
                                 }
@@ -1419,8 +1419,13 @@ impl Runner<'_> {
 }
 
 /// What a role that writes files is told to do after a call that changed nothing.
-fn write_again(task: &str) -> String {
-    format!("Write the file with the change the task asks for (the task: {task})")
+fn write_again(kind: RoleKind, task: &str) -> String {
+    match kind {
+        RoleKind::Tester => {
+            format!("Write a test file whose tests check what the task asks for (the task: {task})")
+        }
+        _ => format!("Write the file with the change the task asks for (the task: {task})"),
+    }
 }
 
 /// Most bytes of changed files shown to the writer at the start of a round.
