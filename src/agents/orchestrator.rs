@@ -1118,7 +1118,6 @@ impl Runner<'_> {
         // Whether the calls sample from now on (after a rewrite that changed nothing, or an
         // answer cut at the token limit: greedy decoding would give the same again).
         let mut sample = false;
-        let turn_task = self.task.clone();
         let retry_temperature = if role.sampling.retry_temperature > 0.0 {
             role.sampling.retry_temperature
         } else {
@@ -1318,7 +1317,7 @@ impl Runner<'_> {
                             pushed_back = true;
                             ToolOutcome::Denied(format!(
                                 "you have not changed any file this turn, so the task is not done yet. {}, then call `done`; call `done` again now only if the task needs no change.",
-                                write_again(role.kind, &turn_task)
+                                write_again(role.kind, &self.task)
                             ))
                         }
                         (ToolCall::Done { summary }, true, None) => {
@@ -1361,7 +1360,7 @@ impl Runner<'_> {
                                     } else {
                                         ToolOutcome::Failed(format!(
                                             "{path} already has exactly this content: writing it as it is changes nothing, and the task is not done. {}.",
-                                            write_again(role.kind, &turn_task)
+                                            write_again(role.kind, &self.task)
                                         ))
                                     }
                                 }

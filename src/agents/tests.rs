@@ -1422,13 +1422,25 @@ async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried
     );
 }
 
+/// Runs "make add return the sum" in `dir` with the writer alone (one round, six steps) on
+/// `script`; returns the events and the backend with its requests.
+async fn writer_alone(dir: &tempfile::TempDir, script: &[&str]) -> (Vec<Event>, Arc<Scripted>) {
+    let backend = Scripted::new(&[("writer", script)]);
+    let mut c = config(UNITTEST, 1);
+    c.agents.roles = vec!["writer".into()];
+    c.agents.max_steps = 6;
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    (events, backend)
+}
+
 #[tokio::test]
 async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_change_is_sent_back_once()
  {
     let dir = sum_repo();
     let before = std::fs::read_to_string(dir.path().join("calc.py")).unwrap();
-    let backend = Scripted::new(&[(
-        "writer",
+    let (events, backend) = writer_alone(
+        &dir,
         &[
             // The file as it was, then `done`: neither ends the turn.
             &write("calc.py", &before),
@@ -1436,12 +1448,8 @@ async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_cha
             &write("calc.py", &calc("a + b")),
             r#"{"tool": "done", "summary": "sum"}"#,
         ],
-    )]);
-    let mut c = config(UNITTEST, 1);
-    c.agents.roles = vec!["writer".into()];
-    c.agents.max_steps = 6;
-    let mut s = session(backend.clone(), dir.path(), c);
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    )
+    .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let requests = backend.requests.lock().unwrap();
     assert_eq!(requests.len(), 4);
@@ -1476,15 +1484,11 @@ async fn a_rewrite_as_it_was_after_a_change_ends_the_turn_and_a_cut_answer_is_sa
         "{}\n```python\ndef add(a, b):\n    return a +{CUT}",
         r#"{"tool": "write_file", "path": "calc.py"}"#
     );
-    let backend = Scripted::new(&[(
-        "writer",
+    let (events, backend) = writer_alone(
+        &dir,
         &[&cut, &write("calc.py", &fixed), &write("calc.py", &fixed)],
-    )]);
-    let mut c = config(UNITTEST, 1);
-    c.agents.roles = vec!["writer".into()];
-    c.agents.max_steps = 6;
-    let mut s = session(backend.clone(), dir.path(), c);
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    )
+    .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     // The second identical write ended the turn: no fourth call.
     let requests = backend.requests.lock().unwrap();
