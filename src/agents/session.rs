@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::orchestrator::{Approvals, Cancel, Emitter, Limits, TaskEnv, TaskStart, run_task};
@@ -86,6 +86,7 @@ impl Session {
                     .resolve(&options.config.model.chat, crate::models::Role::Chat)?;
                 let mut eo = EngineOptions::new(&resolved.path);
                 eo.n_parallel = engine_cfg.parallel.max(1) as usize;
+                eo.cached_sequences = Some(engine_cfg.cached_sequences as usize);
                 eo.ctx_per_seq = engine_cfg.ctx_per_seq;
                 eo.step_tokens = engine_cfg.step_tokens;
                 eo.n_threads = (engine_cfg.threads > 0).then_some(engine_cfg.threads as i32);
@@ -209,8 +210,15 @@ impl Session {
             &options.config.model.embed,
             options.config.engine.threads,
         ));
+        // Tasks beyond this many wait: more agents than the engine decodes at once would only
+        // evict each other's conversations from the KV cache.
+        let task_slots = match options.config.agents.parallel_tasks {
+            0 => options.config.engine.parallel.max(1),
+            n => n,
+        };
+        let task_slots = Arc::new(Semaphore::new(task_slots as usize));
         tokio::spawn(core(
-            env, model, one_shot, review_cfg, index, embeddings, sub_rx, ev_tx,
+            env, model, one_shot, review_cfg, index, embeddings, task_slots, sub_rx, ev_tx,
         ));
         Session {
             tx: sub_tx,
@@ -252,6 +260,7 @@ async fn core(
     review_setup: ReviewSetup,
     index: IndexSetup,
     embeddings: Arc<complete::Embeddings>,
+    task_slots: Arc<Semaphore>,
     mut subs: mpsc::UnboundedReceiver<Submission>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -301,13 +310,19 @@ async fn core(
                 let cancel = Cancel::default();
                 cancels.push(cancel.clone());
                 let start = TaskStart::New { text, max_rounds };
-                spawn_task(&mut tasks, &env, &events, &approvals, cancel, &id, start);
+                let slots = Arc::clone(&task_slots);
+                spawn_task(
+                    &mut tasks, &env, &events, &approvals, cancel, slots, &id, start,
+                );
             }
             Op::ResumeTask { task_id } => {
                 let cancel = Cancel::default();
                 cancels.push(cancel.clone());
                 let start = TaskStart::Resume { task_id };
-                spawn_task(&mut tasks, &env, &events, &approvals, cancel, &id, start);
+                let slots = Arc::clone(&task_slots);
+                spawn_task(
+                    &mut tasks, &env, &events, &approvals, cancel, slots, &id, start,
+                );
             }
             Op::Interrupt => {
                 for c in cancels.drain(..) {
@@ -662,18 +677,52 @@ fn raw_emitter(
     }
 }
 
+/// Runs a task once one of the session's task slots is free; a task cancelled while it waits
+/// never starts (it has no record, worktree or branch yet).
+#[allow(clippy::too_many_arguments)] // the session's parts a task needs
 fn spawn_task(
     tasks: &mut JoinSet<()>,
     env: &TaskEnv,
     events: &mpsc::UnboundedSender<Event>,
     approvals: &Approvals,
     cancel: Cancel,
+    slots: Arc<Semaphore>,
     id: &str,
     start: TaskStart,
 ) {
-    let emitter = Emitter::new(id, events.clone(), Arc::clone(approvals), cancel);
+    let emitter = Emitter::new(id, events.clone(), Arc::clone(approvals), cancel.clone());
     let env = env.clone();
+    // Taken here, in submission order, so that tasks start in the order they came.
+    let ready = Arc::clone(&slots).try_acquire_owned().ok();
+    if ready.is_none() {
+        emitter.emit(
+            None,
+            EventMsg::Warning {
+                message: "queued: it starts when one of the running tasks ends \
+                          (agents.parallel_tasks sets how many run at once)"
+                    .into(),
+            },
+        );
+    }
     tasks.spawn(async move {
+        let _slot = match ready {
+            Some(permit) => permit,
+            None => tokio::select! {
+                permit = slots.acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return, // never closed
+                },
+                _ = cancel.cancelled() => {
+                    emitter.emit(None, EventMsg::Error {
+                        message: "interrupted before it started: the task was waiting for one \
+                                  of the session's running tasks to end (agents.parallel_tasks)"
+                            .into(),
+                        fix: None,
+                    });
+                    return;
+                }
+            },
+        };
         if let Err(e) = run_task(env, emitter.clone(), start).await {
             // The task never started (bad id, not a repository, ...): no TaskStarted was sent.
             emitter.emit(None, error_event(&e));

@@ -1648,3 +1648,145 @@ async fn a_reviewer_that_repeats_a_call_is_held_to_its_review_and_its_last_step_
         "{last}"
     );
 }
+
+/// Submits a task under its own submission id.
+fn submit_task(s: &Session, id: &str, text: &str) {
+    s.submit(Submission {
+        id: id.into(),
+        op: Op::UserTask {
+            text: text.into(),
+            max_rounds: None,
+        },
+    })
+    .unwrap();
+}
+
+/// Reads events until `done` holds for the events so far, or fails after `limit`.
+async fn events_until(
+    s: &mut Session,
+    events: &mut Vec<Event>,
+    limit: Duration,
+    done: impl Fn(&[Event]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(events) {
+        let e = tokio::time::timeout_at(deadline, s.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("no end within {limit:?}; events so far: {events:#?}"))
+            .expect("the session ended early");
+        events.push(e);
+    }
+}
+
+/// The position of the first event of submission `id` matching `f`.
+fn position(events: &[Event], id: &str, f: impl Fn(&EventMsg) -> bool) -> Option<usize> {
+    events.iter().position(|e| e.id == id && f(&e.msg))
+}
+
+#[tokio::test]
+async fn tasks_beyond_the_parallel_limit_wait_their_turn_and_run_after() {
+    let dir = sum_repo();
+    let done = r#"{"tool": "done", "summary": "add returns the sum"}"#;
+    let sum = write("calc.py", &calc("a + b"));
+    let backend = Scripted::new(&[("writer", &[&sum, done, &sum, done])]);
+    let mut c = config(UNITTEST, 1);
+    c.agents.roles = vec!["writer".into()];
+    c.agents.parallel_tasks = 1;
+    let mut s = session(backend.clone(), dir.path(), c);
+    submit_task(&s, "t1", "make add return the sum");
+    submit_task(&s, "t2", "make add return the sum");
+    let mut events = Vec::new();
+    let completes = |e: &[Event]| {
+        e.iter()
+            .filter(|e| matches!(e.msg, EventMsg::TaskComplete { .. }))
+            .count()
+            == 2
+    };
+    events_until(&mut s, &mut events, Duration::from_secs(60), completes).await;
+    let queued = position(
+        &events,
+        "t2",
+        |m| matches!(m, EventMsg::Warning { message } if message.starts_with("queued")),
+    )
+    .expect("the second task says it is queued");
+    let first_done = position(&events, "t1", |m| {
+        matches!(m, EventMsg::TaskComplete { .. })
+    })
+    .unwrap();
+    let second_started =
+        position(&events, "t2", |m| matches!(m, EventMsg::TaskStarted { .. })).unwrap();
+    assert!(
+        queued < first_done && first_done < second_started,
+        "{events:#?}"
+    );
+    assert!(
+        position(&events, "t1", |m| matches!(m, EventMsg::Warning { .. })).is_none(),
+        "the first task starts at once"
+    );
+    for id in ["t1", "t2"] {
+        let mine: Vec<Event> = events
+            .iter()
+            .filter(|e| e.id == id && !matches!(e.msg, EventMsg::Warning { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(check_events(&mine), TaskOutcome::Converged, "{id}");
+    }
+    assert_eq!(TaskStore::new(dir.path()).list().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_interrupt_ends_a_queued_task_before_it_starts() {
+    let dir = calc_repo();
+    let mut backend = Scripted::new(&[]);
+    Arc::get_mut(&mut backend).unwrap().hang_after = Some(0);
+    let mut c = config("", 3);
+    c.agents.parallel_tasks = 1;
+    let mut s = session(backend.clone(), dir.path(), c);
+    submit_task(&s, "t1", "fix add");
+    submit_task(&s, "t2", "fix add in another way");
+    let mut events = Vec::new();
+    // The first task's writer is waiting for the model, the second task for a task slot.
+    events_until(&mut s, &mut events, Duration::from_secs(20), |e| {
+        position(e, "t2", |m| matches!(m, EventMsg::Warning { .. })).is_some()
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while backend.requests.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no model request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.submit(Submission {
+        id: "stop".into(),
+        op: Op::Interrupt,
+    })
+    .unwrap();
+    events_until(&mut s, &mut events, Duration::from_secs(20), |e| {
+        position(e, "t1", |m| matches!(m, EventMsg::TaskComplete { .. })).is_some()
+            && position(e, "t2", |m| matches!(m, EventMsg::Error { .. })).is_some()
+    })
+    .await;
+    let Some(EventMsg::Error { message, .. }) = events
+        .iter()
+        .find(|e| e.id == "t2" && matches!(e.msg, EventMsg::Error { .. }))
+        .map(|e| &e.msg)
+    else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("interrupted before it started"),
+        "{message}"
+    );
+    assert!(position(&events, "t2", |m| matches!(m, EventMsg::TaskStarted { .. })).is_none());
+    assert_eq!(
+        backend.requests.lock().unwrap().len(),
+        1,
+        "t2 never asked the model"
+    );
+    let records = TaskStore::new(dir.path()).list().unwrap();
+    assert_eq!(
+        records.len(),
+        1,
+        "no record for the task that never started"
+    );
+    assert_eq!(records[0].status, TaskStatus::Cancelled);
+}

@@ -137,6 +137,7 @@ pub struct EngineConfig {
     pub api_key_env: String,
     pub threads: u32,
     pub parallel: u32,
+    pub cached_sequences: u32,
     pub ctx_per_seq: u32,
     pub step_tokens: u32,
     pub prefix_cache: bool,
@@ -153,6 +154,7 @@ impl Default for EngineConfig {
             api_key_env: String::new(),
             threads: 0,
             parallel: 4,
+            cached_sequences: 4,
             ctx_per_seq: 4096,
             step_tokens: 512,
             prefix_cache: true,
@@ -223,6 +225,7 @@ pub struct AgentsConfig {
     pub max_tokens: u32,
     pub time_budget_secs: u64,
     pub roles: Vec<String>,
+    pub parallel_tasks: u32,
 }
 
 impl Default for AgentsConfig {
@@ -238,6 +241,7 @@ impl Default for AgentsConfig {
             max_tokens: 0,
             time_budget_secs: 0,
             roles: Vec::new(),
+            parallel_tasks: 0,
         }
     }
 }
@@ -325,6 +329,10 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "engine.parallel",
         "sequences decoded together in one batch (agents, review requests)",
+    ),
+    (
+        "engine.cached_sequences",
+        "extra KV streams (ctx_per_seq tokens each) that only keep finished requests' tokens as prefix cache, so an agent's next call finds its conversation still cached while others run",
     ),
     (
         "engine.ctx_per_seq",
@@ -429,6 +437,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "names of the roles that take part (e.g. [\"writer\"] for the writer alone); empty: every role",
     ),
     (
+        "agents.parallel_tasks",
+        "tasks run at the same time in one session; more wait their turn (0: engine.parallel)",
+    ),
+    (
         "review.fail_on",
         "lowest finding severity that makes `troupe review` exit 1: none, low, medium, high",
     ),
@@ -476,6 +488,9 @@ impl Config {
         let mut out = Vec::new();
         if self.engine.parallel == 0 || self.engine.parallel > 256 {
             out.push(("engine.parallel", "must be between 1 and 256".to_string()));
+        }
+        if self.engine.cached_sequences > 256 {
+            out.push(("engine.cached_sequences", "must be at most 256".to_string()));
         }
         if self.engine.ctx_per_seq < 256 {
             out.push(("engine.ctx_per_seq", "must be at least 256".to_string()));

@@ -511,10 +511,15 @@ async fn drive_async(
                 TaskOutcome::Failed => exit::ERROR,
             }),
             // Reported before the task started (e.g. an unknown id): nothing more comes for it.
+            // Interrupted while waiting for a task slot, it ends like an interrupted task.
             EventMsg::Error { .. }
                 if event.id.starts_with("run") && !started.contains(&event.id) =>
             {
-                Some(exit::ERROR)
+                Some(if interrupted {
+                    exit::NEGATIVE
+                } else {
+                    exit::ERROR
+                })
             }
             EventMsg::ApprovalRequest { call_id, command } => {
                 // Nobody can answer in a headless run: deny, so the agent hears it at once.
