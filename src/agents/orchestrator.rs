@@ -1,6 +1,7 @@
 //! The rounds of a task. Round N: the writer works in the task's worktree on `troupe/<id>`; its
-//! change is committed; as soon as there is a diff, every reviewer and tester role runs at the
-//! same time on the shared engine (their prompts share the same prefix, so the engine reuses it
+//! change is committed; when the repository's own tests fail on it (and N is not the last
+//! round), the round ends there and the failure goes back to the writer; otherwise every
+//! reviewer and tester role runs at the same time on the shared engine (their prompts share the same prefix, so the engine reuses it
 //! from the KV cache); the testers' tests are committed; the orchestrator runs the test command
 //! itself; the round ends with a commit. The task converges when the tests pass and no reviewer
 //! reports a high-severity finding (with no test command: when every reviewer approves), and
@@ -603,7 +604,72 @@ impl Runner<'_> {
                 continue;
             }
 
-            // 2. Reviewers and testers at the same time, on the shared engine.
+            // 2. A change that fails the repository's own tests goes straight back to the writer
+            //    with the failure: the output says more than a review of code known to fail,
+            //    and the round costs one test run instead of the reviewers' and testers' turns.
+            //    The last round is always reviewed and tested, so a repository whose tests
+            //    failed before the task still gets both.
+            let gated = round < record.max_rounds && !(reviewers.is_empty() && testers.is_empty());
+            if gated
+                && let Some(argv) = toolbox.exec.test_argv()
+                && let Some((run, failure)) = self
+                    .own_tests_fail(
+                        record,
+                        &toolbox,
+                        argv,
+                        &writer.name,
+                        test_command.as_deref().unwrap_or_default(),
+                    )
+                    .await
+            {
+                let commit = head_of(&record.worktree);
+                let feedback = format!(
+                    "{failure}The reviewer and the tester look at the change once the tests pass.\n"
+                );
+                let this = RoundResult {
+                    round,
+                    commit: commit.clone(),
+                    tests: Some(run),
+                    own_tests: None,
+                    tests_id: String::new(),
+                    high_findings: 0,
+                    feedback: feedback.clone(),
+                    reverted_to: None,
+                };
+                let worse = rounds::best(&record.rounds)
+                    .filter(|b| this.rank(b) == Some(std::cmp::Ordering::Less))
+                    .cloned();
+                let described = this.describe_tests();
+                record.rounds_done = round;
+                record.approved = false;
+                record.tests_passed = Some(false);
+                record.feedback = feedback;
+                record.rounds.push(this);
+                record.updated_unix = now_unix();
+                self.store.save(record)?;
+                self.emitter.emit(
+                    None,
+                    EventMsg::RoundComplete {
+                        task_id: record.id.clone(),
+                        round,
+                        approved: false,
+                        tests_passed: Some(false),
+                        tests_fail_before: None,
+                        commit,
+                    },
+                );
+                if let Some(best) = worse {
+                    let reason = format!(
+                        "round {round}: {described}; round {} was better: {}",
+                        best.round,
+                        best.describe_tests()
+                    );
+                    self.revert(record, round, &best, reason, &failure)?;
+                }
+                continue;
+            }
+
+            // 3. Reviewers and testers at the same time, on the shared engine.
             // At most about a quarter of a sequence's context; the rest is a `diff` call away.
             let diff_budget = (env.limits.ctx_tokens.max(512) as usize * 3 / 4).min(8_000);
             let shown_diff = tools::clip(&diff, diff_budget);
@@ -702,7 +768,7 @@ impl Runner<'_> {
             }
             crate::git::commit_all(&record.worktree, &format!("troupe: round {round}, tests"))?;
 
-            // 3. The tests, run by the orchestrator itself: the result the task stands on. At
+            // 4. The tests, run by the orchestrator itself: the result the task stands on. At
             //    the same time, the testers' new tests run against the BASE code (a test of a
             //    behaviour change must fail there), and, once testers have written tests, the
             //    repository's own tests run without them (what rounds are ranked by first).
@@ -777,14 +843,10 @@ impl Runner<'_> {
                     let run = match after {
                         Ok((_, out)) => {
                             if !out.success() {
-                                test_feedback.push_str(&format!(
-                                    "The tests fail (`{display}`, {}):\n{}\n",
-                                    match (out.timed_out, out.exit_code) {
-                                        (true, _) => "timed out".to_string(),
-                                        (false, Some(code)) => format!("exit code {code}"),
-                                        (false, None) => "killed by a signal".to_string(),
-                                    },
-                                    rounds::condense(&out.output, &toolbox.root, 2_000)
+                                test_feedback.push_str(&test_failure(
+                                    &display,
+                                    &out,
+                                    &toolbox.root,
                                 ));
                             }
                             TestRun::from_output(out.success(), &out.output)
@@ -884,6 +946,47 @@ impl Runner<'_> {
         }
         self.keep_best(record)?;
         Ok(TaskOutcome::BudgetExhausted)
+    }
+
+    /// Runs the repository's own tests on the worktree as it is (the files testers wrote put
+    /// back as at the base). `Some((run, feedback for the writer))` when they ran and failed;
+    /// `None` when they pass, ran no tests at all, or could not start (then the reviewers and
+    /// testers go ahead).
+    async fn own_tests_fail(
+        &self,
+        record: &TaskRecord,
+        toolbox: &Toolbox,
+        argv: Vec<String>,
+        agent: &str,
+        display: &str,
+    ) -> Option<(TestRun, String)> {
+        let mut own = Toolbox {
+            approval: false,
+            ..toolbox.clone()
+        };
+        let mut label = display.to_string();
+        let _copy = if record.tester_paths.is_empty() {
+            None
+        } else {
+            let head = head_of(&record.worktree)?;
+            let dir = commit_copy(&record.worktree, &head, &record.tester_paths, &record.base)?;
+            own.root = dir.path().to_path_buf();
+            label = format!(
+                "{display}  # without the testers' tests ({})",
+                record.tester_paths.join(", ")
+            );
+            Some(dir)
+        };
+        let (_, out) = own
+            .run_command(argv, label, agent, self.emitter)
+            .await
+            .ok()?;
+        let run = TestRun::from_output(out.success(), &out.output);
+        let none_ran = run.counts.is_some_and(|c| c.passed == 0 && c.failed == 0);
+        if out.success() || none_ran {
+            return None;
+        }
+        Some((run, test_failure(display, &out, &own.root)))
     }
 
     /// Undoes round `round`: the worktree's files become `best`'s snapshot again (a new commit),
@@ -1307,12 +1410,26 @@ impl Runner<'_> {
                         ToolCall::WriteFile { path, .. } | ToolCall::Edit { path, .. }
                             if allowed =>
                         {
-                            role.may_write(path).err()
+                            role.may_write(path).err().map(|why| {
+                                // Named where its tests would go, the model writes there.
+                                match Some(new_test_path(path))
+                                    .filter(|p| role.may_write(p).is_ok())
+                                {
+                                    Some(p) => format!(
+                                        "{why}: write the tests for `{path}` to `{p}` instead; `{path}` stays as it is"
+                                    ),
+                                    None => why,
+                                }
+                            })
                         }
                         _ => None,
                     };
                     let outcome = match (&call, allowed, refused) {
-                        (_, _, Some(why)) => ToolOutcome::Denied(why),
+                        (_, _, Some(why)) => {
+                            // Greedy decoding would make the same call again.
+                            sample = true;
+                            ToolOutcome::Denied(why)
+                        }
                         (ToolCall::Done { .. }, true, None) if writes && !wrote && !pushed_back => {
                             pushed_back = true;
                             ToolOutcome::Denied(format!(
@@ -1418,6 +1535,19 @@ impl Runner<'_> {
 }
 
 /// What a role that writes files is told to do after a call that changed nothing.
+/// What the writer is told of a failed test run: the command, how it ended, the condensed output.
+fn test_failure(display: &str, out: &super::exec::ExecOutput, root: &std::path::Path) -> String {
+    let how = match (out.timed_out, out.exit_code) {
+        (true, _) => "timed out".to_string(),
+        (false, Some(code)) => format!("exit code {code}"),
+        (false, None) => "killed by a signal".to_string(),
+    };
+    format!(
+        "The tests fail (`{display}`, {how}):\n{}\n",
+        rounds::condense(&out.output, root, 2_000)
+    )
+}
+
 fn write_again(kind: RoleKind, task: &str) -> String {
     match kind {
         RoleKind::Tester => {

@@ -1556,10 +1556,24 @@ async fn a_wrong_test_by_the_tester_does_not_undo_a_correct_round_and_the_tester
     // The tester's write of the code under test was refused back to it, the test file landed.
     let tester = tool_ends(&events, "tester");
     assert!(
-        !tester[0].0 && tester[0].1.contains("may write only files matching"),
+        !tester[0].0
+            && tester[0].1.contains("may write only files matching")
+            && tester[0]
+                .1
+                .contains("write the tests for `calc.py` to `test_calc.py` instead"),
         "{tester:?}"
     );
     assert!(tester[1].0, "{tester:?}");
+    // Greedy decoding would repeat the refused call: the tester's next call samples.
+    let temperatures: Vec<f32> = backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| Scripted::role_of(r) == "tester")
+        .map(|r| r.sampling.temperature)
+        .collect();
+    assert_eq!(temperatures[..2], [0.0, 0.7], "{temperatures:?}");
 
     // Round 1 fails only the tester's test; round 2 passes it but fails the repository's own
     // test, so round 2 is undone and the task keeps round 1.
@@ -1789,4 +1803,87 @@ async fn an_interrupt_ends_a_queued_task_before_it_starts() {
         "no record for the task that never started"
     );
     assert_eq!(records[0].status, TaskStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_change_that_fails_the_own_tests_goes_back_to_the_writer_unreviewed_until_the_last_round()
+{
+    let dir = sum_repo();
+    let done = r#"{"tool": "done", "summary": "done"}"#;
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            &write("calc.py", &calc("a * b")),
+            done,
+            &write("calc.py", &calc("a // b")),
+            done,
+            // The last round: reviewed and tested whatever its tests say; these pass.
+            &write("calc.py", &calc("a + b")),
+            done,
+        ],
+    )]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let roles: Vec<&str> = backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Scripted::role_of)
+        .collect();
+    // Rounds 1 and 2 failed the repository's test: the writer alone; round 3 reviewed and tested.
+    assert_eq!(
+        roles.iter().filter(|r| **r == "reviewer").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "tester").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(roles[..6], ["writer"; 6]);
+    let rounds: Vec<(u32, Option<bool>)> = events
+        .iter()
+        .filter_map(|e| match &e.msg {
+            EventMsg::RoundComplete {
+                round,
+                tests_passed,
+                ..
+            } => Some((*round, *tests_passed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rounds,
+        [(1, Some(false)), (2, Some(false)), (3, Some(true))]
+    );
+    // The test runs of rounds 1 and 2 were shown as the writer's.
+    let writer_runs = events
+        .iter()
+        .filter(|e| {
+            e.agent.as_deref() == Some("writer") && matches!(e.msg, EventMsg::ExecCommandEnd { .. })
+        })
+        .count();
+    assert_eq!(writer_runs, 2);
+    // Round 2's writer heard the failure and why nobody reviewed it.
+    let prompts = writer_prompts(&backend);
+    assert!(
+        prompts[1].contains("The tests fail (`python3 -B -m unittest -q`, exit code 1)")
+            && prompts[1].contains("AssertionError: 6 != 5")
+            && prompts[1].contains("The reviewer and the tester look at the change once"),
+        "{}",
+        prompts[1]
+    );
+    let record = TaskStore::new(dir.path()).load(&task_id(&events)).unwrap();
+    assert_eq!(record.kept_round, Some(3));
+    assert_eq!(
+        record
+            .rounds
+            .iter()
+            .map(|r| r.tests.map(|t| t.passed))
+            .collect::<Vec<_>>(),
+        [Some(false), Some(false), Some(true)]
+    );
 }

@@ -16,7 +16,10 @@
 //! llama.cpp splits a batch into one pass over the weights per run of consecutive sequence ids,
 //! so the running sequences are kept on consecutive ids: admission prefers targets that keep
 //! them contiguous, and when a request in the middle finishes, the last running one is moved
-//! into the gap (one stream copy instead of a second pass on every later step).
+//! into the gap (one stream copy instead of a second pass on every later step). A cache entry in
+//! a sequence taken for contiguity first moves to the least recently used one, so that what is
+//! given up is always the oldest entry (agents that run a tool between calls find their whole
+//! conversation still cached).
 //!
 //! Each request fits its sequence (the caller clamps prompt plus output to `ctx_per_seq`), so a
 //! request waits only for a sequence, never for cells (back-pressure, not failure). Pure logic
@@ -139,6 +142,8 @@ pub(crate) struct Scheduler<R> {
     pub held: usize,
     /// Running requests moved to another sequence to keep the running ones contiguous.
     pub moves: u64,
+    /// Cache entries moved out of a sequence about to be overwritten ([`Self::keep_entry`]).
+    pub kept: u64,
 }
 
 impl<R> Scheduler<R> {
@@ -164,6 +169,7 @@ impl<R> Scheduler<R> {
             arrivals: 0,
             held: 0,
             moves: 0,
+            kept: 0,
         }
     }
 
@@ -468,10 +474,14 @@ impl<R> Scheduler<R> {
         match source {
             Some(src) if src == target => self.truncate_slot(target, best_len, kv),
             Some(src) => {
+                self.keep_entry(target, Some(src), kv);
                 self.copy_slot(src, target, kv);
                 self.truncate_slot(target, best_len, kv);
             }
-            None => self.truncate_slot(target, 0, kv),
+            None => {
+                self.keep_entry(target, None, kv);
+                self.truncate_slot(target, 0, kv);
+            }
         }
         self.tick += 1;
         let s = &mut self.slots[target];
@@ -511,6 +521,7 @@ impl<R> Scheduler<R> {
             let Some(gap) = (lo..hi).find(|&i| !self.is_active(i)) else {
                 return;
             };
+            self.keep_entry(gap, None, kv);
             self.copy_slot(hi, gap, kv);
             self.tick += 1;
             let tick = self.tick;
@@ -522,6 +533,34 @@ impl<R> Scheduler<R> {
                 self.clear_slot(hi, kv);
             }
             self.moves += 1;
+        }
+    }
+
+    /// `slot` is about to be overwritten. When it holds a cache entry, the entry moves to the
+    /// least valuable other sequence (a free one, else the least recently used idle one) if that
+    /// one is free or older, so that the entry lost is always the least recently used one, not
+    /// whichever sits next to the running sequences: an agent's conversation, cached while it runs
+    /// a tool, is still there for its next call (a stream copy costs far less than computing its
+    /// tokens again). `source`, about to be copied from, is left alone.
+    fn keep_entry(&mut self, slot: usize, source: Option<usize>, kv: &mut impl KvOps) {
+        let s = &self.slots[slot];
+        if !matches!(s.state, SlotState::Idle) || s.tokens.is_empty() {
+            return;
+        }
+        let free = |s: &Slot<R>| matches!(s.state, SlotState::Free);
+        let Some(spare) = (0..self.slots.len())
+            .filter(|&i| i != slot && Some(i) != source && !self.is_active(i))
+            .min_by_key(|&i| (!free(&self.slots[i]), self.slots[i].last_used))
+        else {
+            return;
+        };
+        let last_used = self.slots[slot].last_used;
+        if free(&self.slots[spare]) || self.slots[spare].last_used < last_used {
+            self.copy_slot(slot, spare, kv);
+            let s = &mut self.slots[spare];
+            s.state = SlotState::Idle;
+            s.last_used = last_used;
+            self.kept += 1;
         }
     }
 
@@ -740,17 +779,20 @@ mod tests {
         assert_eq!(s.admit(&mut kv).len(), 3);
         prefill_all(&mut s, &mut kv);
         let moved = s.slot_tokens(2).to_vec();
+        let finished = s.slot_tokens(1).to_vec();
         s.finish(1, &mut kv);
         kv.ops.clear();
         assert!(s.admit(&mut kv).is_empty());
-        assert_eq!(kv.ops, ["cp 2->1"]);
+        // The finished request's cache entry moves to a free sequence before the gap is filled.
+        assert_eq!(kv.ops, ["cp 1->3", "cp 2->1"]);
         assert_eq!(s.moves, 1);
+        assert_eq!(s.slot_tokens(3), &finished[..]);
         assert_eq!(s.active_mut(1).map(|a| a.id), Some(RequestId(2)));
         assert!(s.active_mut(2).is_none());
         assert_eq!(s.slot_tokens(1), &moved[..]);
         // The old sequence stays as a cache entry with the same tokens.
         assert_eq!(s.slot_tokens(2), &moved[..]);
-        assert_eq!(s.idle_count(), 1);
+        assert_eq!(s.idle_count(), 2);
         for slot in [0, 1] {
             if let Some(a) = s.active_mut(slot) {
                 a.next_token = Some(LlamaToken(1));
@@ -791,6 +833,42 @@ mod tests {
         assert_eq!(admitted[0].cached, 30);
         assert_eq!(kv.ops, ["cp 0->3", "rm 3 30.."]);
         assert_eq!(s.slot_tokens(0).len(), 40, "the cache entry itself is kept");
+    }
+
+    #[test]
+    fn a_cache_entry_next_to_the_running_ones_moves_aside_instead_of_being_lost() {
+        let mut c = cfg();
+        c.n_parallel = 2;
+        c.n_slots = 4;
+        let mut s = Scheduler::new(c);
+        let mut kv = Recorder::default();
+        let prompt = |base: i32, n: i32| toks(base..base + n);
+        s.enqueue(pending(1, prompt(1000, 40), 8));
+        s.enqueue(pending(2, prompt(2000, 40), 8));
+        assert_eq!(s.admit(&mut kv).len(), 2);
+        prefill_all(&mut s, &mut kv);
+        // Request 2 ends (an agent running a tool); an unrelated request arrives meanwhile. The
+        // sequence next to the running one holds request 2's tokens: they move to a free one.
+        s.finish(1, &mut kv);
+        s.enqueue(pending(3, prompt(3000, 40), 8));
+        kv.ops.clear();
+        let third = s.admit(&mut kv);
+        assert_eq!(third[0].slot, 1, "next to the running one");
+        assert_eq!(kv.ops, ["cp 1->2", "rm 1 0.."]);
+        assert_eq!((s.kept, s.slot_tokens(2).len()), (1, 40));
+        prefill_all(&mut s, &mut kv);
+        // The agent's next call finds its whole conversation.
+        s.enqueue(pending(4, prompt(2000, 50), 8));
+        let next = s.admit(&mut kv);
+        assert_eq!(next.len(), 0, "two running: it waits");
+        s.finish(0, &mut kv);
+        let next = s.admit(&mut kv);
+        assert_eq!((next[0].slot, next[0].cached), (2, 40));
+        assert_eq!(
+            s.slot_tokens(0).len(),
+            40,
+            "request 1's entry is still there"
+        );
     }
 
     #[test]

@@ -185,6 +185,9 @@ pub struct EngineMetrics {
     pub requests_finished: u64,
     /// Running requests moved to another sequence to keep the running ones on consecutive ids.
     pub sequence_moves: u64,
+    /// Cache entries moved aside instead of being overwritten by a request placed next to the
+    /// running ones.
+    pub cache_entries_kept: u64,
 }
 
 /// A cloneable, thread-safe handle to the engine thread. The engine stops when the last handle
@@ -1047,6 +1050,7 @@ impl Loop<'_> {
         self.counters.cached_sequences = self.sched.idle_count();
         self.counters.kv_cells_used = self.sched.cells_used();
         self.counters.sequence_moves = self.sched.moves;
+        self.counters.cache_entries_kept = self.sched.kept;
         self.counters.kv_cells_reserved = self.sched.cells_reserved();
         *lock(&self.metrics) = self.counters.clone();
     }
