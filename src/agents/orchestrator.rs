@@ -622,48 +622,20 @@ impl Runner<'_> {
                     )
                     .await
             {
-                let commit = head_of(&record.worktree);
                 let feedback = format!(
                     "{failure}The reviewer and the tester look at the change once the tests pass.\n"
                 );
                 let this = RoundResult {
                     round,
-                    commit: commit.clone(),
+                    commit: head_of(&record.worktree),
                     tests: Some(run),
                     own_tests: None,
                     tests_id: String::new(),
                     high_findings: 0,
-                    feedback: feedback.clone(),
+                    feedback,
                     reverted_to: None,
                 };
-                let worse = rounds::best(&record.rounds)
-                    .filter(|b| this.rank(b) == Some(std::cmp::Ordering::Less))
-                    .cloned();
-                let described = this.describe_tests();
-                record.rounds_done = round;
-                record.approved = false;
-                record.tests_passed = Some(false);
-                record.feedback = feedback;
-                record.rounds.push(this);
-                record.updated_unix = now_unix();
-                self.store.save(record)?;
-                self.emitter.emit(
-                    None,
-                    EventMsg::RoundComplete {
-                        task_id: record.id.clone(),
-                        round,
-                        approved: false,
-                        tests_passed: Some(false),
-                        tests_fail_before: None,
-                        commit,
-                    },
-                );
-                if let Some(best) = worse {
-                    let reason = format!(
-                        "round {round}: {described}; round {} was better: {}",
-                        best.round,
-                        best.describe_tests()
-                    );
+                if let Some((best, reason)) = self.record_round(record, this, false, None)? {
                     self.revert(record, round, &best, reason, &failure)?;
                 }
                 continue;
@@ -874,7 +846,6 @@ impl Runner<'_> {
                 }
                 None => (None, None, None),
             };
-            let tests_passed = test_run.map(|t| t.passed);
             if let Some(run) = test_run.filter(|t| t.passed) {
                 feedback.push_str(&format!(
                     "{}: keep them passing (a change that makes the tests worse is undone).\n",
@@ -882,48 +853,18 @@ impl Runner<'_> {
                 ));
             }
             feedback.push_str(&test_feedback);
-            let commit = head_of(&record.worktree);
             let this = RoundResult {
                 round,
-                commit: commit.clone(),
+                commit: head_of(&record.worktree),
                 tests: test_run,
                 own_tests: own_run,
                 tests_id,
                 high_findings,
-                feedback: feedback.clone(),
+                feedback,
                 reverted_to: None,
             };
-            // The best round before this one, and whether this one ranks below it.
-            let best_before = rounds::best(&record.rounds).cloned();
-            let worse = best_before
-                .as_ref()
-                .filter(|b| this.rank(b) == Some(std::cmp::Ordering::Less));
-            let described = this.describe_tests();
-            record.rounds_done = round;
-            record.approved = approved;
-            record.tests_passed = tests_passed;
-            record.feedback = feedback;
-            record.rounds.push(this);
-            record.updated_unix = now_unix();
-            self.store.save(record)?;
-            self.emitter.emit(
-                None,
-                EventMsg::RoundComplete {
-                    task_id: record.id.clone(),
-                    round,
-                    approved,
-                    tests_passed,
-                    tests_fail_before: fail_before,
-                    commit,
-                },
-            );
-            if let Some(best) = worse {
-                let reason = format!(
-                    "round {round}: {described}; round {} was better: {}",
-                    best.round,
-                    best.describe_tests()
-                );
-                self.revert(record, round, best, reason, &test_feedback)?;
+            if let Some((best, reason)) = self.record_round(record, this, approved, fail_before)? {
+                self.revert(record, round, &best, reason, &test_feedback)?;
                 continue;
             }
             // Passing tests and no high-severity finding end the task; lesser findings do not
@@ -946,6 +887,51 @@ impl Runner<'_> {
         }
         self.keep_best(record)?;
         Ok(TaskOutcome::BudgetExhausted)
+    }
+
+    /// Records the finished round `this` (the record saved, `RoundComplete` emitted). When it
+    /// ranks below the best round before it, returns that round and why, for the caller to undo
+    /// `this`.
+    fn record_round(
+        &self,
+        record: &mut TaskRecord,
+        this: RoundResult,
+        approved: bool,
+        fail_before: Option<bool>,
+    ) -> Result<Option<(RoundResult, String)>> {
+        let round = this.round;
+        let worse = rounds::best(&record.rounds)
+            .filter(|b| this.rank(b) == Some(std::cmp::Ordering::Less))
+            .map(|best| {
+                let reason = format!(
+                    "round {round}: {}; round {} was better: {}",
+                    this.describe_tests(),
+                    best.round,
+                    best.describe_tests()
+                );
+                (best.clone(), reason)
+            });
+        let tests_passed = this.tests.map(|t| t.passed);
+        let commit = this.commit.clone();
+        record.rounds_done = round;
+        record.approved = approved;
+        record.tests_passed = tests_passed;
+        record.feedback = this.feedback.clone();
+        record.rounds.push(this);
+        record.updated_unix = now_unix();
+        self.store.save(record)?;
+        self.emitter.emit(
+            None,
+            EventMsg::RoundComplete {
+                task_id: record.id.clone(),
+                round,
+                approved,
+                tests_passed,
+                tests_fail_before: fail_before,
+                commit,
+            },
+        );
+        Ok(worse)
     }
 
     /// Runs the repository's own tests on the worktree as it is (the files testers wrote put

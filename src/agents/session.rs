@@ -707,11 +707,9 @@ fn spawn_task(
     tasks.spawn(async move {
         let _slot = match ready {
             Some(permit) => permit,
+            // Cancellation first: a slot freed by the interrupted task must not start it.
             None => tokio::select! {
-                permit = slots.acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => return, // never closed
-                },
+                biased;
                 _ = cancel.cancelled() => {
                     emitter.emit(None, EventMsg::Error {
                         message: "interrupted before it started: the task was waiting for one \
@@ -721,6 +719,10 @@ fn spawn_task(
                     });
                     return;
                 }
+                permit = slots.acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return, // never closed
+                },
             },
         };
         if let Err(e) = run_task(env, emitter.clone(), start).await {
