@@ -961,6 +961,21 @@ fn root_rule(request: &GenerateRequest) -> &'static str {
 }
 
 /// The writer's first message of each round (its prompt), in order.
+/// Each `RoundComplete`'s round and whether its tests passed.
+fn round_tests(events: &[Event]) -> Vec<(u32, Option<bool>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.msg {
+            EventMsg::RoundComplete {
+                round,
+                tests_passed,
+                ..
+            } => Some((*round, *tests_passed)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn writer_prompts(backend: &Scripted) -> Vec<String> {
     backend
         .requests
@@ -1000,17 +1015,7 @@ async fn rounds_that_break_passing_tests_are_undone_and_the_task_ends_with_the_b
     let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
     let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::BudgetExhausted);
-    let tests: Vec<(u32, Option<bool>)> = events
-        .iter()
-        .filter_map(|e| match &e.msg {
-            EventMsg::RoundComplete {
-                round,
-                tests_passed,
-                ..
-            } => Some((*round, *tests_passed)),
-            _ => None,
-        })
-        .collect();
+    let tests = round_tests(&events);
     assert_eq!(
         tests,
         vec![(1, Some(true)), (2, Some(false)), (3, Some(false))]
@@ -1844,17 +1849,7 @@ async fn a_change_that_fails_the_own_tests_goes_back_to_the_writer_unreviewed_un
         "{roles:?}"
     );
     assert_eq!(roles[..6], ["writer"; 6]);
-    let rounds: Vec<(u32, Option<bool>)> = events
-        .iter()
-        .filter_map(|e| match &e.msg {
-            EventMsg::RoundComplete {
-                round,
-                tests_passed,
-                ..
-            } => Some((*round, *tests_passed)),
-            _ => None,
-        })
-        .collect();
+    let rounds = round_tests(&events);
     assert_eq!(
         rounds,
         [(1, Some(false)), (2, Some(false)), (3, Some(true))]
