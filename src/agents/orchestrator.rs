@@ -1,8 +1,8 @@
 //! The rounds of a task. Round N: the writer works in the task's worktree on `troupe/<id>`; its
 //! change is committed; when the repository's own tests fail on it (and N is not the last
 //! round), the round ends there and the failure goes back to the writer; otherwise every
-//! reviewer and tester role runs at the same time on the shared engine (their prompts share the same prefix, so the engine reuses it
-//! from the KV cache); the testers' tests are committed; the orchestrator runs the test command
+//! reviewer and tester role runs at the same time on the shared engine (their prompts share
+//! the same prefix, so the engine reuses it from the KV cache); the testers' tests are committed; the orchestrator runs the test command
 //! itself; the round ends with a commit. The task converges when the tests pass and no reviewer
 //! reports a high-severity finding (with no test command: when every reviewer approves), and
 //! otherwise ends at the round or time budget.
@@ -1520,7 +1520,6 @@ impl Runner<'_> {
     }
 }
 
-/// What a role that writes files is told to do after a call that changed nothing.
 /// What the writer is told of a failed test run: the command, how it ended, the condensed output.
 fn test_failure(display: &str, out: &super::exec::ExecOutput, root: &std::path::Path) -> String {
     let how = match (out.timed_out, out.exit_code) {
@@ -1534,6 +1533,7 @@ fn test_failure(display: &str, out: &super::exec::ExecOutput, root: &std::path::
     )
 }
 
+/// What a role that writes files is told to do after a call that changed nothing.
 fn write_again(kind: RoleKind, task: &str) -> String {
     match kind {
         RoleKind::Tester => {

@@ -310,18 +310,30 @@ async fn core(
                 let cancel = Cancel::default();
                 cancels.push(cancel.clone());
                 let start = TaskStart::New { text, max_rounds };
-                let slots = Arc::clone(&task_slots);
                 spawn_task(
-                    &mut tasks, &env, &events, &approvals, cancel, slots, &id, start,
+                    &mut tasks,
+                    &env,
+                    &events,
+                    &approvals,
+                    cancel,
+                    &task_slots,
+                    &id,
+                    start,
                 );
             }
             Op::ResumeTask { task_id } => {
                 let cancel = Cancel::default();
                 cancels.push(cancel.clone());
                 let start = TaskStart::Resume { task_id };
-                let slots = Arc::clone(&task_slots);
                 spawn_task(
-                    &mut tasks, &env, &events, &approvals, cancel, slots, &id, start,
+                    &mut tasks,
+                    &env,
+                    &events,
+                    &approvals,
+                    cancel,
+                    &task_slots,
+                    &id,
+                    start,
                 );
             }
             Op::Interrupt => {
@@ -686,13 +698,14 @@ fn spawn_task(
     events: &mpsc::UnboundedSender<Event>,
     approvals: &Approvals,
     cancel: Cancel,
-    slots: Arc<Semaphore>,
+    slots: &Arc<Semaphore>,
     id: &str,
     start: TaskStart,
 ) {
     let emitter = Emitter::new(id, events.clone(), Arc::clone(approvals), cancel.clone());
     let env = env.clone();
     // Taken here, in submission order, so that tasks start in the order they came.
+    let slots = Arc::clone(slots);
     let ready = Arc::clone(&slots).try_acquire_owned().ok();
     if ready.is_none() {
         emitter.emit(
