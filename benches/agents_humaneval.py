@@ -114,6 +114,7 @@ def write_config(path: Path, args, roles, max_rounds):
         "[agents]",
         f"max_rounds = {max_rounds}",
         f"max_steps = {args.max_steps}",
+        f"parallel_tasks = {args.parallel_tasks}",
         'test_command = "python3 -m unittest -q"',
         "command_timeout_secs = 60",
     ]
@@ -256,7 +257,9 @@ def main():
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=0,
                     help="tokens per model call for every role (default: each role's own)")
-    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--parallel", type=int, default=4, help="engine.parallel")
+    ap.add_argument("--parallel-tasks", type=int, default=0,
+                    help="agents.parallel_tasks (0: engine.parallel)")
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=3600)

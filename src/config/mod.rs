@@ -154,7 +154,7 @@ impl Default for EngineConfig {
             api_key_env: String::new(),
             threads: 0,
             parallel: 4,
-            cached_sequences: 4,
+            cached_sequences: 8,
             ctx_per_seq: 4096,
             step_tokens: 512,
             prefix_cache: true,
@@ -332,7 +332,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "engine.cached_sequences",
-        "extra KV streams (ctx_per_seq tokens each) that only keep finished requests' tokens as prefix cache, so an agent's next call finds its conversation still cached while others run",
+        "extra KV streams (ctx_per_seq tokens each) that only keep finished requests' tokens as prefix cache, so an agent's next call finds its conversation still cached while others run (with `parallel` 4, 12 streams: one per agent of four three-agent tasks)",
     ),
     (
         "engine.ctx_per_seq",
