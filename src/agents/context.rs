@@ -25,6 +25,13 @@ const MAX_INSTRUCTIONS: usize = 4_000;
 /// Files listed in the shared prompt at most.
 const MAX_FILES: usize = 150;
 
+/// Search hits looked at for the files holding the identifiers a task names.
+const SEARCH_HITS: usize = 20;
+
+/// A named identifier held by more files than this (and by more than a quarter of the hits) is
+/// too common to pick files by.
+const COMMON_NAME_FILES: usize = 3;
+
 /// The instruction files of the base commit: `(path, text)`.
 pub fn instruction_files(repo: &crate::git::Repo, base: &str) -> Vec<(String, String)> {
     let raw = repo.raw();
@@ -51,7 +58,9 @@ pub fn instruction_files(repo: &crate::git::Repo, base: &str) -> Vec<(String, St
 /// The files most relevant to the task, whole, within `budget` bytes: first the files the task
 /// names (by path or file name), then the files that contain the identifiers it names
 /// (`parse_args`, `Index::search`, backticked words), found through the search and checked in
-/// the file's text. Only a task that names neither gets the files of the best search hits for
+/// the file's text; a name most of the hits hold (a keyword such as `raise`, a type used
+/// everywhere) picks no files unless it is all the task names. Only a task that names neither
+/// gets the files of the best search hits for
 /// its words: a search on plain words also finds files that merely share them (a test harness
 /// that mentions "docstring"), and a small model writes worse code with such files in view.
 /// Instruction files are left out: the prompt shows them already.
@@ -72,16 +81,33 @@ pub fn relevant_files(
         .collect();
     let names = identifiers(task);
     if !names.is_empty()
-        && let Ok(hits) = search.search(worktree, &names.join(" "), 20)
+        && let Ok(hits) = search.search(worktree, &names.join(" "), SEARCH_HITS)
     {
-        for hit in hits {
-            if wanted.contains(&hit.path) {
-                continue;
-            }
-            let holds_one = std::fs::read_to_string(worktree.join(&hit.path))
-                .is_ok_and(|text| names.iter().any(|n| contains_word(&text, n)));
-            if holds_one {
-                wanted.push(hit.path);
+        // Which of the names each hit holds.
+        let holders: Vec<(String, Vec<bool>)> = hits
+            .into_iter()
+            .filter_map(|hit| {
+                let text = std::fs::read_to_string(worktree.join(&hit.path)).ok()?;
+                let held: Vec<bool> = names.iter().map(|n| contains_word(&text, n)).collect();
+                held.contains(&true).then_some((hit.path, held))
+            })
+            .collect();
+        // A name most of the hits hold (`raise` in a task about one of twenty stubs) tells
+        // nothing about which file matters: files are shown for the telling names only, unless
+        // no name tells and the task names no file.
+        let common = (holders.len() / 4).max(COMMON_NAME_FILES);
+        let telling: Vec<bool> = (0..names.len())
+            .map(|i| holders.iter().filter(|(_, held)| held[i]).count() <= common)
+            .collect();
+        let any_telling = telling.contains(&true);
+        let named_none = wanted.is_empty();
+        for (path, held) in holders {
+            let counts = held
+                .iter()
+                .zip(&telling)
+                .any(|(&held, &telling)| held && (telling || (!any_telling && named_none)));
+            if counts && !wanted.contains(&path) {
+                wanted.push(path);
             }
         }
     }
@@ -260,6 +286,37 @@ mod tests {
             ),
             ["solution.py", "util.py"]
         );
+        // The task names the stub's file and its function; the keyword in backticks is held by
+        // every stub, so it shows none of the others.
+        let stubs = crate::git::test_fixture(
+            &(0..8)
+                .map(|i| {
+                    (
+                        format!("sol_{i}.py"),
+                        format!("def f{i}_impl(xs):\n    raise NotImplementedError\n"),
+                    )
+                })
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(p, t)| (p.as_str(), t.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        let stub_shown = |task: &str| -> Vec<String> {
+            relevant_files(stubs.path(), task, &search, 10_000)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
+        };
+        assert_eq!(
+            stub_shown("Implement `f3_impl` in sol_3.py; replace `raise NotImplementedError`."),
+            ["sol_3.py"]
+        );
+        assert_eq!(
+            stub_shown("Implement `f5_impl`; replace `raise NotImplementedError`."),
+            ["sol_5.py"]
+        );
+        // Only common names: the files holding them are all there is to go on.
+        assert_eq!(stub_shown("Replace every `NotImplementedError`.").len(), 8);
         // A task that names no file and no identifier gets the search hits, minus the
         // instruction files (the prompt shows those already).
         let plain = shown("what a docstring says");
