@@ -255,6 +255,14 @@ mod tests {
         assert!(identifiers("add a --verbose flag to the CLI").is_empty());
     }
 
+    /// The paths `relevant_files` shows for `task` in the repository at `root`.
+    fn shown_in(root: &Path, task: &str) -> Vec<String> {
+        relevant_files(root, task, &LexicalSearch, 10_000)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
     #[test]
     fn files_holding_the_named_identifiers_are_shown_and_word_matches_are_not() {
         let dir = crate::git::test_fixture(&[
@@ -273,13 +281,7 @@ mod tests {
             ),
             ("notes.md", "a docstring says what a function does\n"),
         ]);
-        let search = LexicalSearch;
-        let shown = |task: &str| -> Vec<String> {
-            relevant_files(dir.path(), task, &search, 10_000)
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect()
-        };
+        let shown = |task: &str| shown_in(dir.path(), task);
         assert_eq!(
             shown(
                 "Implement `has_close_elements` in solution.py so that it does what its docstring says."
@@ -301,12 +303,7 @@ mod tests {
                 .map(|(p, t)| (p.as_str(), t.as_str()))
                 .collect::<Vec<_>>(),
         );
-        let stub_shown = |task: &str| -> Vec<String> {
-            relevant_files(stubs.path(), task, &search, 10_000)
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect()
-        };
+        let stub_shown = |task: &str| shown_in(stubs.path(), task);
         assert_eq!(
             stub_shown("Implement `f3_impl` in sol_3.py; replace `raise NotImplementedError`."),
             ["sol_3.py"]
