@@ -532,6 +532,41 @@ impl Runner<'_> {
                 .rounds
                 .last()
                 .is_some_and(|r| r.tests.is_some_and(|t| !t.passed) || r.commit.is_none());
+            // After failed tests the writer is not shown the code that failed: a small model
+            // shown its own code copies it, sampled or not, while a fresh attempt often takes
+            // another way (and the tests pick between the attempts). The failure output is
+            // still shown, and `read_file` still gives the current text.
+            let fresh = record
+                .rounds
+                .last()
+                .is_some_and(|r| r.tests.is_some_and(|t| !t.passed));
+            let changed = if fresh {
+                Vec::new()
+            } else {
+                changed_files(&record.worktree, &record.base)
+            };
+            // A fresh attempt opens with the write when the writer has seen every file it
+            // changed (the system prompt shows them as they were): a small model that first
+            // reads the file that failed copies it.
+            let attempt = if !fresh {
+                if retry {
+                    Attempt::Retry
+                } else {
+                    Attempt::First
+                }
+            } else {
+                let written: Vec<String> = head_of(&record.worktree)
+                    .map(|head| changed_paths(&record.worktree, &record.base, &head))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| !record.tester_paths.contains(p))
+                    .collect();
+                if !written.is_empty() && written.iter().all(|p| shown_paths.contains(p)) {
+                    Attempt::FreshWrite
+                } else {
+                    Attempt::Retry
+                }
+            };
 
             // 1. The writer.
             let prompt = roles.render(
@@ -539,7 +574,8 @@ impl Runner<'_> {
                 minijinja::context! {
                     round => round,
                     feedback => record.feedback,
-                    changed => changed_files(&record.worktree, &record.base),
+                    changed => changed,
+                    fresh => fresh,
                     test_command => test_command.clone().unwrap_or_default(),
                     tools => tool_usages(&writer),
                     diff => "",
@@ -548,7 +584,7 @@ impl Runner<'_> {
                 },
             )?;
             let turn = self
-                .agent_turn(&writer, &system, prompt, round, retry, &toolbox)
+                .agent_turn(&writer, &system, prompt, round, attempt, &toolbox)
                 .await?;
             if turn.cancelled && cancel.is_cancelled() {
                 return Ok(TaskOutcome::Cancelled);
@@ -1161,7 +1197,7 @@ impl Runner<'_> {
         round: u32,
         toolbox: Toolbox,
     ) -> Result<Turn> {
-        self.agent_turn(&role, &system, prompt, round, false, &toolbox)
+        self.agent_turn(&role, &system, prompt, round, Attempt::First, &toolbox)
             .await
     }
 
@@ -1169,14 +1205,15 @@ impl Runner<'_> {
     /// each result fed back, until the agent ends its turn. The last call, and the call after
     /// one the model repeated, are constrained to the grammar's `finish` rule when it has one
     /// (the role's closing calls), or to its `write` rule while a role that writes files has not
-    /// written one this turn. With `retry`, calls sample at the role's retry temperature.
+    /// written one this turn. A retry samples at the role's retry temperature; a fresh write
+    /// also holds the first call to the `write` rule.
     async fn agent_turn(
         &self,
         role: &RoleSpec,
         system: &str,
         prompt: String,
         round: u32,
-        retry: bool,
+        attempt: Attempt,
         toolbox: &Toolbox,
     ) -> Result<Turn> {
         let limits = &self.env.limits;
@@ -1207,11 +1244,15 @@ impl Runner<'_> {
         // Whether the calls sample from now on (after a rewrite that changed nothing, or an
         // answer cut at the token limit: greedy decoding would give the same again).
         let mut sample = false;
+        // Writes that changed nothing this turn: each one raises the sampling temperature a
+        // step, since a small model shown a file copies it even when sampled.
+        let mut unchanged_writes = 0u32;
         let retry_temperature = if role.sampling.retry_temperature > 0.0 {
             role.sampling.retry_temperature
         } else {
             REPEAT_TEMPERATURE
         };
+        let retry = attempt != Attempt::First;
         let temperature = if retry && role.sampling.retry_temperature > 0.0 {
             role.sampling.retry_temperature
         } else {
@@ -1239,7 +1280,9 @@ impl Runner<'_> {
             }
             fit(&mut messages, budget_chars);
             // The last step, or the step after a repeated call: the role's closing call.
-            let closing = if step == max_steps || repeats >= 1 {
+            let closing = if step == 1 && attempt == Attempt::FreshWrite {
+                write_grammar.as_ref()
+            } else if step == max_steps || repeats >= 1 {
                 write_grammar
                     .as_ref()
                     .filter(|_| !wrote)
@@ -1250,7 +1293,10 @@ impl Runner<'_> {
             // Greedy decoding answers the same conversation the same way: after the same call
             // three times in a row, sample (seeded, so a run is still reproducible).
             let temperature = if sample {
-                temperature.max(retry_temperature)
+                let raised = UNCHANGED_STEP * unchanged_writes.saturating_sub(1) as f32;
+                temperature
+                    .max(retry_temperature)
+                    .max((retry_temperature + raised).min(MAX_UNCHANGED_TEMPERATURE))
             } else if repeats >= 2 && closing.is_none() {
                 temperature.max(REPEAT_TEMPERATURE)
             } else {
@@ -1456,6 +1502,7 @@ impl Runner<'_> {
                                     // one: no progress; say so plainly and sample from now on,
                                     // since greedy decoding would write the same again.
                                     sample = true;
+                                    unchanged_writes += 1;
                                     if wrote {
                                         turn.finished = true;
                                         turn.summary = format!("{path} written");
@@ -1650,8 +1697,24 @@ fn new_test_path(path: &str) -> String {
     }
 }
 
+/// How an agent's turn starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// As the role's sampling says.
+    First,
+    /// After a round whose tests failed or that changed nothing: sampled at the role's retry
+    /// temperature.
+    Retry,
+    /// A retry whose first call is the write (the `write` rule), for a writer that has seen
+    /// the files it changed.
+    FreshWrite,
+}
+
 /// The sampling temperature of an agent's call after it made the same call three times in a row.
 const REPEAT_TEMPERATURE: f32 = 0.7;
+/// How much each further write that changed nothing raises the temperature, and up to where.
+const UNCHANGED_STEP: f32 = 0.15;
+const MAX_UNCHANGED_TEMPERATURE: f32 = 1.1;
 
 /// `{name, usage}` of each tool of a role, for its prompt.
 fn tool_usages(role: &RoleSpec) -> Vec<minijinja::Value> {

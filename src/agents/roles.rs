@@ -368,7 +368,7 @@ mod tests {
                 .render(
                     &role.prompt,
                     minijinja::context! { round => 2, feedback => "fix it", diff => "+x",
-                    changed => vec![minijinja::context! { path => "a.py", text => "x = 1\n" }],
+                    changed => vec![minijinja::context! { path => "a.py", text => "x = 1\n" }], fresh => false,
                     test_command => "true", tools => tools, task => "do it", shown => vec!["a.py"],
                     test_files => vec![minijinja::context! { path => "test_a.py", text => "" }],
                     test_path => "test_a.py" },

@@ -1404,27 +1404,60 @@ async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried
     assert!(last_user(2).contains("You made exactly this call just before"));
     assert!(last_user(3).contains("You made exactly this call just before"));
     // After a repeated call, the next calls are held to a closing rule until the model does
-    // something else: a write while it has written nothing this turn.
+    // something else: a write while it has written nothing this turn. Round 2 follows failed
+    // tests of a file the system prompt shows, so its first call is the write itself.
     let roots: Vec<&str> = requests.iter().map(|r| root_rule(r)).collect();
     assert_eq!(
         roots,
-        ["root", "root", "write", "write", "root", "root", "root"]
+        ["root", "root", "write", "write", "root", "write", "root"]
     );
     // Round 1 is greedy; round 2 follows failed tests, so it samples at the writer's retry
     // temperature, with its own seeds.
     let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
     assert_eq!(temperatures, [0.0, 0.0, 0.0, 0.0, 0.0, 0.8, 0.8]);
     assert_ne!(requests[5].sampling.seed, requests[0].sampling.seed);
-    // Round 2's writer starts with the file as round 1 left it, and the failing tests.
+    // Round 2's writer is asked for a fresh attempt: shown the failing tests, not the code
+    // that failed (a small model copies code it is shown).
     let round2 = last_user(5);
     assert!(
-        round2.contains("The files you changed, as they are now:\n--- calc.py\n```\ndef add(a, b):\n    return a * b\n```"),
+        round2.contains("Your previous attempt failed the tests. Do not repeat it"),
         "{round2}"
     );
+    assert!(!round2.contains("The files you changed"), "{round2}");
+    assert!(!round2.contains("return a * b\n```"), "{round2}");
     assert!(
         round2.contains("The tests fail (`python3 -B -m unittest -q`, exit code 1)"),
         "{round2}"
     );
+}
+
+#[tokio::test]
+async fn a_failed_round_that_changed_a_file_the_writer_was_not_shown_is_retried_without_a_forced_write()
+ {
+    let dir = sum_repo();
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            &write("helper.py", "SCALE = 1\n"),
+            &write("calc.py", &calc("a * b")),
+            r#"{"tool": "done", "summary": "multiply"}"#,
+            // Round 2, after the tests failed.
+            &write("calc.py", &calc("a + b")),
+            r#"{"tool": "done", "summary": "sum"}"#,
+        ],
+    )]);
+    let mut c = config(UNITTEST, 2);
+    c.agents.roles = vec!["writer".into()];
+    let mut s = session(backend.clone(), dir.path(), c);
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let requests = backend.requests.lock().unwrap();
+    // helper.py was not in the system prompt: round 2 may read it before writing, so no call
+    // is held to the write rule; it still samples, as a retry.
+    let roots: Vec<&str> = requests.iter().map(|r| root_rule(r)).collect();
+    assert_eq!(roots, ["root"; 5]);
+    let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
+    assert_eq!(temperatures, [0.0, 0.0, 0.0, 0.8, 0.8]);
 }
 
 /// Runs "make add return the sum" in `dir` with the writer alone (one round, six steps) on
@@ -1450,6 +1483,7 @@ async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_cha
             // The file as it was, then `done`: neither ends the turn.
             &write("calc.py", &before),
             r#"{"tool": "done", "summary": "nothing to do"}"#,
+            &write("calc.py", &before),
             &write("calc.py", &calc("a + b")),
             r#"{"tool": "done", "summary": "sum"}"#,
         ],
@@ -1457,7 +1491,7 @@ async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_cha
     .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let requests = backend.requests.lock().unwrap();
-    assert_eq!(requests.len(), 4);
+    assert_eq!(requests.len(), 5);
     let last_user = |i: usize| {
         let Prompt::Messages(m) = &requests[i].prompt else {
             panic!()
@@ -1476,9 +1510,9 @@ async fn a_rewrite_that_changes_nothing_is_not_progress_and_a_done_without_a_cha
         "{pushed_back}"
     );
     // Greedy decoding would write the same file again: after a rewrite that changed nothing,
-    // the calls sample at the writer's retry temperature.
+    // the calls sample at the writer's retry temperature, and each further one a step hotter.
     let temperatures: Vec<f32> = requests.iter().map(|r| r.sampling.temperature).collect();
-    assert_eq!(temperatures, [0.0, 0.8, 0.8, 0.8]);
+    assert_eq!(temperatures, [0.0, 0.8, 0.8, 0.8 + 0.15, 0.8 + 0.15]);
 }
 
 #[tokio::test]
