@@ -1374,8 +1374,9 @@ async fn a_search_with_a_mode_answers_with_the_notes_and_results_of_the_command(
 #[tokio::test]
 async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried_sampled() {
     let dir = sum_repo();
-    let backend = Scripted::new(&[(
-        "writer",
+    let (events, backend) = writer_alone_rounds(
+        &dir,
+        2,
         &[
             r#"{"tool": "diff"}"#,
             r#"{"tool": "diff"}"#,
@@ -1386,11 +1387,8 @@ async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried
             &write("calc.py", &calc("a + b")),
             r#"{"tool": "done", "summary": "sum"}"#,
         ],
-    )]);
-    let mut c = config(UNITTEST, 2);
-    c.agents.roles = vec!["writer".into()];
-    let mut s = session(backend.clone(), dir.path(), c);
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    )
+    .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let requests = backend.requests.lock().unwrap();
     let last_user = |i: usize| {
@@ -1435,8 +1433,9 @@ async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried
 async fn a_failed_round_that_changed_a_file_the_writer_was_not_shown_is_retried_without_a_forced_write()
  {
     let dir = sum_repo();
-    let backend = Scripted::new(&[(
-        "writer",
+    let (events, backend) = writer_alone_rounds(
+        &dir,
+        2,
         &[
             &write("helper.py", "SCALE = 1\n"),
             &write("calc.py", &calc("a * b")),
@@ -1445,11 +1444,8 @@ async fn a_failed_round_that_changed_a_file_the_writer_was_not_shown_is_retried_
             &write("calc.py", &calc("a + b")),
             r#"{"tool": "done", "summary": "sum"}"#,
         ],
-    )]);
-    let mut c = config(UNITTEST, 2);
-    c.agents.roles = vec!["writer".into()];
-    let mut s = session(backend.clone(), dir.path(), c);
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    )
+    .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let requests = backend.requests.lock().unwrap();
     // helper.py was not in the system prompt: round 2 may read it before writing, so no call
@@ -1463,8 +1459,17 @@ async fn a_failed_round_that_changed_a_file_the_writer_was_not_shown_is_retried_
 /// Runs "make add return the sum" in `dir` with the writer alone (one round, six steps) on
 /// `script`; returns the events and the backend with its requests.
 async fn writer_alone(dir: &tempfile::TempDir, script: &[&str]) -> (Vec<Event>, Arc<Scripted>) {
+    writer_alone_rounds(dir, 1, script).await
+}
+
+/// [`writer_alone`] with a budget of `rounds` rounds.
+async fn writer_alone_rounds(
+    dir: &tempfile::TempDir,
+    rounds: u32,
+    script: &[&str],
+) -> (Vec<Event>, Arc<Scripted>) {
     let backend = Scripted::new(&[("writer", script)]);
-    let mut c = config(UNITTEST, 1);
+    let mut c = config(UNITTEST, rounds);
     c.agents.roles = vec!["writer".into()];
     c.agents.max_steps = 6;
     let mut s = session(backend.clone(), dir.path(), c);
