@@ -527,19 +527,13 @@ impl Runner<'_> {
             }
             let round = record.rounds_done + 1;
             // After a round whose tests failed (or that changed nothing), the writer samples
-            // at its retry temperature: a fresh attempt instead of the same answer again.
-            let retry = record
-                .rounds
-                .last()
-                .is_some_and(|r| r.tests.is_some_and(|t| !t.passed) || r.commit.is_none());
-            // After failed tests the writer is not shown the code that failed: a small model
-            // shown its own code copies it, sampled or not, while a fresh attempt often takes
-            // another way (and the tests pick between the attempts). The failure output is
-            // still shown, and `read_file` still gives the current text.
-            let fresh = record
-                .rounds
-                .last()
-                .is_some_and(|r| r.tests.is_some_and(|t| !t.passed));
+            // at its retry temperature: a fresh attempt instead of the same answer again. After
+            // failed tests it is not shown the code that failed either: a small model shown its
+            // own code copies it, sampled or not, while a fresh attempt often takes another way
+            // (and the tests pick between the attempts); the failure output is still shown.
+            let last = record.rounds.last();
+            let fresh = last.is_some_and(|r| r.tests.is_some_and(|t| !t.passed));
+            let retry = fresh || last.is_some_and(|r| r.commit.is_none());
             let changed = if fresh {
                 Vec::new()
             } else {
@@ -548,24 +542,12 @@ impl Runner<'_> {
             // A fresh attempt opens with the write when the writer has seen every file it
             // changed (the system prompt shows them as they were): a small model that first
             // reads the file that failed copies it.
-            let attempt = if !fresh {
-                if retry {
-                    Attempt::Retry
-                } else {
-                    Attempt::First
-                }
+            let attempt = if fresh && saw_every_change(record, &shown_paths) {
+                Attempt::FreshWrite
+            } else if retry {
+                Attempt::Retry
             } else {
-                let written: Vec<String> = head_of(&record.worktree)
-                    .map(|head| changed_paths(&record.worktree, &record.base, &head))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|p| !record.tester_paths.contains(p))
-                    .collect();
-                if !written.is_empty() && written.iter().all(|p| shown_paths.contains(p)) {
-                    Attempt::FreshWrite
-                } else {
-                    Attempt::Retry
-                }
+                Attempt::First
             };
 
             // 1. The writer.
@@ -1695,6 +1677,18 @@ fn new_test_path(path: &str) -> String {
         "rs" => format!("tests/{stem}.rs"),
         _ => format!("tests/test_{name}"),
     }
+}
+
+/// Whether every file the writer changed against the base (the testers' files aside) is
+/// one of `shown`, the files the shared system prompt shows; false when it changed none.
+fn saw_every_change(record: &TaskRecord, shown: &[String]) -> bool {
+    let written: Vec<String> = head_of(&record.worktree)
+        .map(|head| changed_paths(&record.worktree, &record.base, &head))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !record.tester_paths.contains(p))
+        .collect();
+    !written.is_empty() && written.iter().all(|p| shown.contains(p))
 }
 
 /// How an agent's turn starts.

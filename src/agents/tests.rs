@@ -1374,21 +1374,8 @@ async fn a_search_with_a_mode_answers_with_the_notes_and_results_of_the_command(
 #[tokio::test]
 async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried_sampled() {
     let dir = sum_repo();
-    let (events, backend) = writer_alone_rounds(
-        &dir,
-        2,
-        &[
-            r#"{"tool": "diff"}"#,
-            r#"{"tool": "diff"}"#,
-            r#"{"tool": "diff"}"#,
-            &write("calc.py", &calc("a * b")),
-            r#"{"tool": "done", "summary": "multiply"}"#,
-            // Round 2, after the tests failed.
-            &write("calc.py", &calc("a + b")),
-            r#"{"tool": "done", "summary": "sum"}"#,
-        ],
-    )
-    .await;
+    let diff = r#"{"tool": "diff"}"#.to_string();
+    let (events, backend) = multiply_then_sum(&dir, &[diff.clone(), diff.clone(), diff]).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let requests = backend.requests.lock().unwrap();
     let last_user = |i: usize| {
@@ -1433,19 +1420,7 @@ async fn a_repeated_call_is_pointed_out_and_closed_and_a_failed_round_is_retried
 async fn a_failed_round_that_changed_a_file_the_writer_was_not_shown_is_retried_without_a_forced_write()
  {
     let dir = sum_repo();
-    let (events, backend) = writer_alone_rounds(
-        &dir,
-        2,
-        &[
-            &write("helper.py", "SCALE = 1\n"),
-            &write("calc.py", &calc("a * b")),
-            r#"{"tool": "done", "summary": "multiply"}"#,
-            // Round 2, after the tests failed.
-            &write("calc.py", &calc("a + b")),
-            r#"{"tool": "done", "summary": "sum"}"#,
-        ],
-    )
-    .await;
+    let (events, backend) = multiply_then_sum(&dir, &[write("helper.py", "SCALE = 1\n")]).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let requests = backend.requests.lock().unwrap();
     // helper.py was not in the system prompt: round 2 may read it before writing, so no call
@@ -1460,6 +1435,24 @@ async fn a_failed_round_that_changed_a_file_the_writer_was_not_shown_is_retried_
 /// `script`; returns the events and the backend with its requests.
 async fn writer_alone(dir: &tempfile::TempDir, script: &[&str]) -> (Vec<Event>, Arc<Scripted>) {
     writer_alone_rounds(dir, 1, script).await
+}
+
+/// The writer alone over two rounds: `first` calls, then round 1 makes `add` multiply (the
+/// tests fail) and round 2 makes it sum.
+async fn multiply_then_sum(
+    dir: &tempfile::TempDir,
+    first: &[String],
+) -> (Vec<Event>, Arc<Scripted>) {
+    let mut script = first.to_vec();
+    script.extend([
+        write("calc.py", &calc("a * b")),
+        r#"{"tool": "done", "summary": "multiply"}"#.into(),
+        // Round 2, after the tests failed.
+        write("calc.py", &calc("a + b")),
+        r#"{"tool": "done", "summary": "sum"}"#.into(),
+    ]);
+    let script: Vec<&str> = script.iter().map(String::as_str).collect();
+    writer_alone_rounds(dir, 2, &script).await
 }
 
 /// [`writer_alone`] with a budget of `rounds` rounds.
