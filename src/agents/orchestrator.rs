@@ -274,6 +274,7 @@ pub async fn run_task(env: TaskEnv, emitter: Emitter, start: TaskStart) -> Resul
         store: &store,
         started: Instant::now(),
         task: record.text.clone(),
+        base_has_tests: tokio::sync::OnceCell::new(),
     };
     let outcome = match runner.rounds(&mut record).await {
         Ok(outcome) => outcome,
@@ -425,6 +426,9 @@ struct Runner<'a> {
     started: Instant,
     /// The task's text, restated to an agent whose call changed nothing.
     task: String,
+    /// Whether the test command counts any test on the base commit; asked once, the first
+    /// time a round's run counts none.
+    base_has_tests: tokio::sync::OnceCell<bool>,
 }
 
 impl Runner<'_> {
@@ -953,9 +957,10 @@ impl Runner<'_> {
     }
 
     /// Runs the repository's own tests on the worktree as it is (the files testers wrote put
-    /// back as at the base). `Some((run, feedback for the writer))` when they ran and failed;
-    /// `None` when they pass, ran no tests at all, or could not start (then the reviewers and
-    /// testers go ahead).
+    /// back as at the base). `Some((run, feedback for the writer))` when they ran and failed,
+    /// or ran no test where the base commit runs some (the change removed or renamed what they
+    /// test); `None` when they pass, ran no tests as at the base, or could not start (then the
+    /// reviewers and testers go ahead).
     async fn own_tests_fail(
         &self,
         record: &TaskRecord,
@@ -987,10 +992,52 @@ impl Runner<'_> {
             .ok()?;
         let run = TestRun::from_output(out.success(), &out.output);
         let none_ran = run.counts.is_some_and(|c| c.passed == 0 && c.failed == 0);
-        if out.success() || none_ran {
+        if none_ran {
+            if !self.base_has_tests(record, toolbox, agent, display).await {
+                return None;
+            }
+            let failure = format!(
+                "`{display}` ran no tests, but on the code before your change it runs some: your change removed or renamed what they test. Keep every name and signature the task and the tests use.\n"
+            );
+            return Some((run, failure));
+        }
+        if out.success() {
             return None;
         }
         Some((run, test_failure(display, &out, &own.root)))
+    }
+
+    /// Whether the test command counts at least one test on the base commit (run once per
+    /// task run, on a copy of the base; `false` when it cannot run there).
+    async fn base_has_tests(
+        &self,
+        record: &TaskRecord,
+        toolbox: &Toolbox,
+        agent: &str,
+        display: &str,
+    ) -> bool {
+        *self
+            .base_has_tests
+            .get_or_init(|| async {
+                let Some(argv) = toolbox.exec.test_argv() else {
+                    return false;
+                };
+                let Some(dir) = commit_copy(&record.worktree, &record.base, &[], &record.base)
+                else {
+                    return false;
+                };
+                let base = Toolbox {
+                    approval: false,
+                    root: dir.path().to_path_buf(),
+                    ..toolbox.clone()
+                };
+                let label = format!("{display}  # on the base commit");
+                match base.run_command(argv, label, agent, self.emitter).await {
+                    Ok((_, out)) => TestRun::from_output(out.success(), &out.output).ran_tests(),
+                    Err(_) => false,
+                }
+            })
+            .await
     }
 
     /// Undoes round `round`: the worktree's files become `best`'s snapshot again (a new commit),
@@ -1251,6 +1298,9 @@ impl Runner<'_> {
         // The previous answer, and how many times in a row it has come back unchanged.
         let mut last_text = String::new();
         let mut repeats = 0u32;
+        // Answers cut at the token limit in a row: a small model that runs into the limit twice
+        // is repeating itself (a list of assertions without end), and a third try costs as much.
+        let mut cut_in_a_row = 0u32;
         while step < max_steps {
             step += 1;
             if self.emitter.cancel.is_cancelled() {
@@ -1377,6 +1427,11 @@ impl Runner<'_> {
             self.emitter
                 .emit(Some(agent), EventMsg::ModelRequestEnd { stats });
             self.log(agent, round, "assistant", &text)?;
+            cut_in_a_row = if reason == FinishReason::Length {
+                cut_in_a_row + 1
+            } else {
+                0
+            };
             let call_id = self.emitter.next_call_id();
             let reply = match tools::parse_call(&text) {
                 Err(msg) => {
@@ -1478,14 +1533,16 @@ impl Runner<'_> {
                                     ToolCall::WriteFile { path, .. } | ToolCall::Edit { path, .. },
                                     ToolOutcome::Output(msg),
                                 ) if edit::is_unchanged(&msg) => {
-                                    // The file as it was. After a change this turn: the agent
-                                    // has nothing more to change, so the turn ends (small models
-                                    // rewrite a finished file until their step limit). Before
-                                    // one: no progress; say so plainly and sample from now on,
-                                    // since greedy decoding would write the same again.
+                                    // The file as it was. After a change this turn, or from a
+                                    // tester (its tests stand as they are): the agent has
+                                    // nothing more to change, so the turn ends (small models
+                                    // rewrite a finished file until their step limit). A
+                                    // writer's before any change: no progress; say so plainly
+                                    // and sample from now on, since greedy decoding would write
+                                    // the same again.
                                     sample = true;
                                     unchanged_writes += 1;
-                                    if wrote {
+                                    if wrote || role.kind == RoleKind::Tester {
                                         turn.finished = true;
                                         turn.summary = format!("{path} written");
                                         ToolOutcome::Output(format!("{msg}; turn ended"))
@@ -1497,12 +1554,22 @@ impl Runner<'_> {
                                     }
                                 }
                                 (call, outcome) => {
-                                    wrote |= outcome.ok()
+                                    let written = outcome.ok()
                                         && matches!(
                                             call,
                                             ToolCall::WriteFile { .. } | ToolCall::Edit { .. }
                                         );
-                                    outcome
+                                    wrote |= written;
+                                    match outcome {
+                                        ToolOutcome::Output(msg)
+                                            if written && role.kind == RoleKind::Tester =>
+                                        {
+                                            ToolOutcome::Output(
+                                                self.tests_after_write(msg, toolbox, agent).await,
+                                            )
+                                        }
+                                        outcome => outcome,
+                                    }
                                 }
                             }
                         }
@@ -1519,6 +1586,17 @@ impl Runner<'_> {
                 }
             };
             if turn.finished {
+                return Ok(turn);
+            }
+            if cut_in_a_row >= MAX_CUT_IN_A_ROW {
+                self.emitter.emit(
+                    Some(agent),
+                    EventMsg::Warning {
+                        message: format!(
+                            "{agent}: {MAX_CUT_IN_A_ROW} answers in a row hit the limit of {max_tokens} tokens; turn ended"
+                        ),
+                    },
+                );
                 return Ok(turn);
             }
             if text.trim() == last_text.trim() {
@@ -1540,6 +1618,36 @@ impl Runner<'_> {
             messages.push(ChatMessage::user(reply));
         }
         Ok(turn)
+    }
+
+    /// A tester's write, answered with the suite's result on the change: a small model's tests
+    /// often fail for a reason of their own (a name they never import), and seeing the failure
+    /// in its turn lets the tester fix its test before the round is judged on it. `msg` is the
+    /// write's own answer; without a test command it is returned as it is.
+    async fn tests_after_write(&self, msg: String, toolbox: &Toolbox, agent: &str) -> String {
+        let Some(argv) = toolbox.exec.test_argv() else {
+            return msg;
+        };
+        let display = toolbox.exec.test_command.clone().unwrap_or_default();
+        // The user's configured command, run by troupe itself: no approval asked.
+        let own = Toolbox {
+            approval: false,
+            ..toolbox.clone()
+        };
+        match own
+            .run_command(argv, display.clone(), agent, self.emitter)
+            .await
+        {
+            Ok((_, out)) if out.success() => {
+                let run = TestRun::from_output(true, &out.output);
+                format!("{msg}. With your tests, {}", run.describe())
+            }
+            Ok((_, out)) => format!(
+                "{msg}. {}A failure that comes from a test itself (a name it uses is not defined or not imported, a wrong call, a syntax error) is yours: fix the test file. A test whose input and expected result you are sure of stays as it is even when the code gets it wrong: the writer fixes the code. Then call `done`.",
+                test_failure(&display, &out, &toolbox.root)
+            ),
+            Err(outcome) => format!("{msg}. The tests could not run: {}", outcome.for_model()),
+        }
     }
 
     fn log(&self, agent: &str, round: u32, role: &str, content: &str) -> Result<()> {
@@ -1706,6 +1814,8 @@ enum Attempt {
 
 /// The sampling temperature of an agent's call after it made the same call three times in a row.
 const REPEAT_TEMPERATURE: f32 = 0.7;
+/// Answers cut at the token limit in a row that end an agent's turn.
+const MAX_CUT_IN_A_ROW: u32 = 2;
 /// How much each further write that changed nothing raises the temperature, and up to where.
 const UNCHANGED_STEP: f32 = 0.15;
 const MAX_UNCHANGED_TEMPERATURE: f32 = 1.1;

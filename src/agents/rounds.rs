@@ -2,8 +2,8 @@
 //!
 //! Every round ends with a commit on the task branch (the snapshot of its files) and, when there
 //! is a test command, a run of it by troupe. A run ranks above another when it passes and the
-//! other does not; then when its summary was recognised and the other's was not (a crash or a
-//! timeout); then with fewer failing tests; then with more passing ones.
+//! other does not; then when its summary counted tests and the other's did not (a crash, a
+//! timeout, or no test found); then with fewer failing tests; then with more passing ones.
 //!
 //! Rounds are compared first by the repository's own tests: the run without the files the
 //! testers wrote (`own_tests`; the same as `tests` while the testers have written nothing). A
@@ -61,10 +61,20 @@ impl TestRun {
         self.key().cmp(&other.key())
     }
 
+    /// Whether the runner's summary counted at least one test.
+    pub fn ran_tests(&self) -> bool {
+        self.counts.is_some_and(|c| c.passed > 0 || c.failed > 0)
+    }
+
     fn key(&self) -> (bool, bool, std::cmp::Reverse<u32>, u32) {
+        // A run that counted no test checked nothing: it ranks with the runs whose summary was
+        // not recognised, below any run that tested something (a change that removes the code
+        // under test must not outrank one whose tests fail).
         match self.counts {
-            Some(c) => (self.passed, true, std::cmp::Reverse(c.failed), c.passed),
-            None => (self.passed, false, std::cmp::Reverse(0), 0),
+            Some(c) if self.ran_tests() => {
+                (self.passed, true, std::cmp::Reverse(c.failed), c.passed)
+            }
+            _ => (self.passed, false, std::cmp::Reverse(0), 0),
         }
     }
 
@@ -477,6 +487,10 @@ mod tests {
         let one = TestRun::from_output(true, "Ran 1 test in 0.001s\n\nOK\n");
         assert!(one.passed);
         assert_eq!(empty.rank(&one), Ordering::Less);
+        // Nor does it outrank a run whose tests fail: it checked nothing.
+        let failing = TestRun::from_output(false, "Ran 1 test in 0.001s\n\nFAILED (failures=1)\n");
+        assert_eq!(empty.rank(&failing), Ordering::Less);
+        assert!(!empty.ran_tests() && failing.ran_tests());
         // Without a recognised summary the exit code decides, as before.
         assert!(TestRun::from_output(true, "all good\n").passed);
     }

@@ -1914,3 +1914,206 @@ async fn a_change_that_fails_the_own_tests_goes_back_to_the_writer_unreviewed_un
         [Some(false), Some(false), Some(true)]
     );
 }
+
+/// `add`'s tests are the examples in its docstring, run by doctest: code without them runs no
+/// test at all.
+fn doctest_repo() -> tempfile::TempDir {
+    fixture(&[
+        (
+            "calc.py",
+            "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    raise NotImplementedError\n",
+        ),
+        (
+            "test_calc.py",
+            "import doctest\n\nimport calc\n\n\ndef load_tests(loader, tests, ignore):\n    tests.addTests(doctest.DocTestSuite(calc))\n    return tests\n",
+        ),
+    ])
+}
+
+#[tokio::test]
+async fn a_change_that_leaves_the_tests_nothing_to_run_goes_back_to_the_writer_and_never_ranks_above_a_failure()
+ {
+    let dir = doctest_repo();
+    let done = r#"{"tool": "done", "summary": "done"}"#;
+    let backend = Scripted::new(&[(
+        "writer",
+        &[
+            // Round 1 drops the docstring: `Ran 0 tests`, exit 0.
+            &write("calc.py", "def add(a, b):\n    return a + b\n"),
+            done,
+            // Round 2 keeps it and fails it; round 3 passes it.
+            &write(
+                "calc.py",
+                "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    return a * b\n",
+            ),
+            done,
+            &write(
+                "calc.py",
+                "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    return a + b\n",
+            ),
+            done,
+        ],
+    )]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
+    let events = run_task(&mut s, "implement add", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    // Round 1 was sent back unreviewed, with why.
+    let roles: Vec<&str> = backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Scripted::role_of)
+        .collect();
+    assert_eq!(roles[..6], ["writer"; 6], "{roles:?}");
+    let prompts = writer_prompts(&backend);
+    assert!(
+        prompts[1].contains("ran no tests, but on the code before your change it runs some"),
+        "{}",
+        prompts[1]
+    );
+    // The base was asked once, on its own copy.
+    let base_runs = events
+        .iter()
+        .filter(|e| {
+            matches!(&e.msg, EventMsg::ExecCommandBegin { command, .. } if command.ends_with("# on the base commit"))
+        })
+        .count();
+    assert_eq!(base_runs, 1);
+    // Round 2 fails its test and still ranks above round 1: it was not undone.
+    assert!(reverts(&events).is_empty(), "{:?}", reverts(&events));
+    let record = TaskStore::new(dir.path()).load(&task_id(&events)).unwrap();
+    assert_eq!(
+        record
+            .rounds
+            .iter()
+            .map(|r| r.tests.map(|t| t.ran_tests()))
+            .collect::<Vec<_>>(),
+        [Some(false), Some(true), Some(true)]
+    );
+    assert_eq!(record.kept_round, Some(3));
+}
+
+#[tokio::test]
+async fn a_tester_is_answered_with_the_suites_result_and_fixes_a_test_that_fails_on_its_own() {
+    let dir = sum_repo();
+    let broken = "import unittest\n\nimport calc\n\n\nclass TestMore(unittest.TestCase):\n    def test_ones(self):\n        self.assertEqual(add(1, 1), 2)\n";
+    let fixed = broken.replace("import calc\n", "from calc import add\n");
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &write("calc.py", &calc("a + b")),
+                r#"{"tool": "done", "summary": "sum"}"#,
+            ],
+        ),
+        (
+            "tester",
+            &[
+                &write("test_more.py", broken),
+                &write("test_more.py", &fixed),
+                r#"{"tool": "done", "summary": "a test"}"#,
+            ],
+        ),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 1));
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let tester = tool_ends(&events, "tester");
+    assert!(
+        tester[0].0
+            && tester[0].1.contains("NameError: name 'add' is not defined")
+            && tester[0].1.contains("is yours: fix the test file"),
+        "{tester:?}"
+    );
+    assert!(
+        tester[1].0
+            && tester[1]
+                .1
+                .ends_with("With your tests, the tests pass (2 passed)"),
+        "{tester:?}"
+    );
+    let record = TaskStore::new(dir.path()).load(&task_id(&events)).unwrap();
+    assert_eq!(record.rounds[0].tests.map(|t| t.passed), Some(true));
+}
+
+#[tokio::test]
+async fn a_turn_ends_after_two_answers_in_a_row_cut_at_the_token_limit() {
+    let dir = sum_repo();
+    let runaway = format!(
+        "{}\n```python\nimport unittest\n\nfrom calc import add\n\n\nclass TestMore(unittest.TestCase):\n    def test_many(self):\n        self.assertEqual(add(1, 1), 2)\n        self.assertEqual(add(1, 2), 3){CUT}",
+        r#"{"tool": "write_file", "path": "test_more.py"}"#
+    );
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &write("calc.py", &calc("a + b")),
+                r#"{"tool": "done", "summary": "sum"}"#,
+            ],
+        ),
+        (
+            "tester",
+            &[
+                &runaway,
+                &runaway,
+                &write("test_more.py", "never written\n"),
+            ],
+        ),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 1));
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    // Nothing was written by the tester; the repository's own tests decide.
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let tester_requests = backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| Scripted::role_of(r) == "tester")
+        .count();
+    assert_eq!(tester_requests, 2);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.msg, EventMsg::Warning { message }
+            if message.contains("tester: 2 answers in a row hit the limit"))),
+        "no warning"
+    );
+    let record = TaskStore::new(dir.path()).load(&task_id(&events)).unwrap();
+    assert!(record.tester_paths.is_empty(), "{:?}", record.tester_paths);
+}
+
+#[tokio::test]
+async fn a_tester_that_rewrites_a_test_file_as_it_was_ends_its_turn_with_its_tests_standing() {
+    let dir = sum_repo();
+    let as_it_was = std::fs::read_to_string(dir.path().join("test_calc.py")).unwrap();
+    let backend = Scripted::new(&[
+        (
+            "writer",
+            &[
+                &write("calc.py", &calc("a + b")),
+                r#"{"tool": "done", "summary": "sum"}"#,
+            ],
+        ),
+        (
+            "tester",
+            &[
+                &write("test_calc.py", &as_it_was),
+                &write("test_more.py", "never written\n"),
+            ],
+        ),
+    ]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 1));
+    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    assert_eq!(check_events(&events), TaskOutcome::Converged);
+    let tester = tool_ends(&events, "tester");
+    assert_eq!(tester.len(), 1, "{tester:?}");
+    assert!(
+        tester[0].0
+            && tester[0]
+                .1
+                .ends_with("nothing changed. If the change is complete, end your turn; turn ended"),
+        "{tester:?}"
+    );
+}
