@@ -65,7 +65,9 @@ def stub(task):
     return task["prompt"].rstrip() + "\n    raise NotImplementedError\n"
 
 
-TEST_SKELETON = "import unittest\n\nimport {module}\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n"
+# The test file a repository would keep for the function: it imports what it tests.
+TEST_SKELETON = ("import unittest\n\nfrom {module} import {entry}\n\n\n"
+                 "if __name__ == \"__main__\":\n    unittest.main()\n")
 
 # The docstring's examples (part of the task's prompt, which both modes see) run by unittest.
 EXAMPLES = (
@@ -87,7 +89,7 @@ def make_repo(root: Path, tasks, single: bool, examples: bool = False):
     for i, t in enumerate(tasks):
         module = "solution" if single else f"sol_{i:03d}"
         (root / f"{module}.py").write_text(stub(t))
-        (root / f"test_{module}.py").write_text(TEST_SKELETON.format(module=module))
+        (root / f"test_{module}.py").write_text(TEST_SKELETON.format(module=module, entry=t["entry_point"]))
         if examples and single:
             (root / "test_examples.py").write_text(EXAMPLES.format(module=module))
         files.append(module)
