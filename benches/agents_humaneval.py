@@ -287,7 +287,8 @@ def main():
     ap.add_argument("--tasks", type=int, default=20, help="the first N HumanEval tasks")
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--only", default="", help="these task numbers instead (e.g. 1,5,6)")
-    ap.add_argument("--max-rounds", type=int, default=3)
+    ap.add_argument("--max-rounds", type=int, default=6,
+                    help="rounds of the loop (default 6, troupe's agents.max_rounds default)")
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=0,
                     help="tokens per model call for every role (default: each role's own)")

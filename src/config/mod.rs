@@ -231,7 +231,7 @@ pub struct AgentsConfig {
 impl Default for AgentsConfig {
     fn default() -> Self {
         Self {
-            max_rounds: 4,
+            max_rounds: 6,
             test_command: String::new(),
             allowed_commands: Vec::new(),
             command_timeout_secs: 300,
