@@ -57,6 +57,17 @@ impl Scripted {
     }
 }
 
+/// The role of every request the back end was sent, in order.
+fn roles_asked(backend: &Scripted) -> Vec<&'static str> {
+    backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Scripted::role_of)
+        .collect()
+}
+
 /// See [`Scripted`]'s `generate`.
 const CUT: &str = "<cut at the token limit>";
 
@@ -1862,13 +1873,7 @@ async fn a_change_that_fails_the_own_tests_goes_back_to_the_writer_unreviewed_un
     let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
     let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
-    let roles: Vec<&str> = backend
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(Scripted::role_of)
-        .collect();
+    let roles = roles_asked(&backend);
     // Rounds 1 and 2 failed the repository's test: the writer alone; round 3 reviewed and tested.
     assert_eq!(
         roles.iter().filter(|r| **r == "reviewer").count(),
@@ -1958,13 +1963,7 @@ async fn a_change_that_leaves_the_tests_nothing_to_run_goes_back_to_the_writer_a
     let events = run_task(&mut s, "implement add", Duration::from_secs(60)).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     // Round 1 was sent back unreviewed, with why.
-    let roles: Vec<&str> = backend
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(Scripted::role_of)
-        .collect();
+    let roles = roles_asked(&backend);
     assert_eq!(roles[..6], ["writer"; 6], "{roles:?}");
     let prompts = writer_prompts(&backend);
     assert!(
@@ -2065,12 +2064,9 @@ async fn a_turn_ends_after_two_answers_in_a_row_cut_at_the_token_limit() {
     let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
     // Nothing was written by the tester; the repository's own tests decide.
     assert_eq!(check_events(&events), TaskOutcome::Converged);
-    let tester_requests = backend
-        .requests
-        .lock()
-        .unwrap()
+    let tester_requests = roles_asked(&backend)
         .iter()
-        .filter(|r| Scripted::role_of(r) == "tester")
+        .filter(|r| **r == "tester")
         .count();
     assert_eq!(tester_requests, 2);
     assert!(
