@@ -781,13 +781,6 @@ impl Runner<'_> {
                 .map(|c| files_digest(&record.worktree, c, &record.tester_paths))
                 .unwrap_or_default();
             let agent = testers.first().map_or("tester", |t| t.name.as_str());
-            // The user's own configured command, run by troupe rather than proposed by an agent:
-            // no approval asked.
-            let own = Toolbox {
-                approval: false,
-                ..toolbox.clone()
-            };
-            let toolbox = &own;
             let mut test_feedback = String::new();
             let (test_run, own_run, fail_before) = match toolbox.exec.test_argv() {
                 Some(argv) => {
@@ -804,22 +797,23 @@ impl Runner<'_> {
                             commit_copy(&record.worktree, head, &record.tester_paths, &record.base)
                         })?
                     });
-                    let emitter = self.emitter;
-                    let run_in = |dir: &std::path::Path, label: String| {
-                        let mut there = toolbox.clone();
-                        there.root = dir.to_path_buf();
+                    let (emitter, toolbox) = (self.emitter, &toolbox);
+                    let run_in = |dir: Option<std::path::PathBuf>, label: String| {
                         let argv = argv.clone();
-                        async move { there.run_command(argv, label, agent, emitter).await }
+                        async move {
+                            toolbox
+                                .run_unattended(argv, dir.as_deref(), label, agent, emitter)
+                                .await
+                        }
                     };
-                    let after =
-                        toolbox.run_command(argv.clone(), display.clone(), agent, self.emitter);
+                    let after = run_in(None, display.clone());
                     let before = async {
                         let dir = base_copy.as_ref()?;
                         let label = format!(
                             "{display}  # on the base commit with the new tests ({})",
                             new_test_paths.join(", ")
                         );
-                        let result = run_in(dir.path(), label).await;
+                        let result = run_in(Some(dir.path().to_path_buf()), label).await;
                         Some(result.map(|(_, out)| !out.success()).unwrap_or(false))
                     };
                     let without = async {
@@ -828,7 +822,7 @@ impl Runner<'_> {
                             "{display}  # without the testers' tests ({})",
                             record.tester_paths.join(", ")
                         );
-                        Some(match run_in(dir.path(), label).await {
+                        Some(match run_in(Some(dir.path().to_path_buf()), label).await {
                             Ok((_, out)) => TestRun::from_output(out.success(), &out.output),
                             Err(_) => TestRun::broken(),
                         })
@@ -969,30 +963,25 @@ impl Runner<'_> {
         agent: &str,
         display: &str,
     ) -> Option<(TestRun, String)> {
-        let mut own = Toolbox {
-            approval: false,
-            ..toolbox.clone()
-        };
         let mut label = display.to_string();
-        let _copy = if record.tester_paths.is_empty() {
+        let copy = if record.tester_paths.is_empty() {
             None
         } else {
             let head = head_of(&record.worktree)?;
             let dir = commit_copy(&record.worktree, &head, &record.tester_paths, &record.base)?;
-            own.root = dir.path().to_path_buf();
             label = format!(
                 "{display}  # without the testers' tests ({})",
                 record.tester_paths.join(", ")
             );
             Some(dir)
         };
-        let (_, out) = own
-            .run_command(argv, label, agent, self.emitter)
+        let root = copy.as_ref().map(|d| d.path());
+        let (_, out) = toolbox
+            .run_unattended(argv, root, label, agent, self.emitter)
             .await
             .ok()?;
         let run = TestRun::from_output(out.success(), &out.output);
-        let none_ran = run.counts.is_some_and(|c| c.passed == 0 && c.failed == 0);
-        if none_ran {
+        if run.counted_none() {
             if !self.base_has_tests(record, toolbox, agent, display).await {
                 return None;
             }
@@ -1004,7 +993,10 @@ impl Runner<'_> {
         if out.success() {
             return None;
         }
-        Some((run, test_failure(display, &out, &own.root)))
+        Some((
+            run,
+            test_failure(display, &out, root.unwrap_or(&toolbox.root)),
+        ))
     }
 
     /// Whether the test command counts at least one test on the base commit (run once per
@@ -1026,13 +1018,11 @@ impl Runner<'_> {
                 else {
                     return false;
                 };
-                let base = Toolbox {
-                    approval: false,
-                    root: dir.path().to_path_buf(),
-                    ..toolbox.clone()
-                };
                 let label = format!("{display}  # on the base commit");
-                match base.run_command(argv, label, agent, self.emitter).await {
+                match toolbox
+                    .run_unattended(argv, Some(dir.path()), label, agent, self.emitter)
+                    .await
+                {
                     Ok((_, out)) => TestRun::from_output(out.success(), &out.output).ran_tests(),
                     Err(_) => false,
                 }
@@ -1629,13 +1619,8 @@ impl Runner<'_> {
             return msg;
         };
         let display = toolbox.exec.test_command.clone().unwrap_or_default();
-        // The user's configured command, run by troupe itself: no approval asked.
-        let own = Toolbox {
-            approval: false,
-            ..toolbox.clone()
-        };
-        match own
-            .run_command(argv, display.clone(), agent, self.emitter)
+        match toolbox
+            .run_unattended(argv, None, display.clone(), agent, self.emitter)
             .await
         {
             Ok((_, out)) if out.success() => {

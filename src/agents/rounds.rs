@@ -24,6 +24,13 @@ pub struct TestCounts {
     pub failed: u32,
 }
 
+impl TestCounts {
+    /// No test passed and none failed.
+    pub fn is_empty(&self) -> bool {
+        self.passed == 0 && self.failed == 0
+    }
+}
+
 /// One run of the test command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestRun {
@@ -41,9 +48,8 @@ impl TestRun {
     /// on `Ran 0 tests`): nothing was checked, e.g. after an edit removed the tests.
     pub fn from_output(success: bool, output: &str) -> Self {
         let counts = parse_counts(output);
-        let none_ran = counts.is_some_and(|c| c.passed == 0 && c.failed == 0);
         Self {
-            passed: success && !none_ran,
+            passed: success && !counts.is_some_and(|c| c.is_empty()),
             counts,
         }
     }
@@ -63,7 +69,12 @@ impl TestRun {
 
     /// Whether the runner's summary counted at least one test.
     pub fn ran_tests(&self) -> bool {
-        self.counts.is_some_and(|c| c.passed > 0 || c.failed > 0)
+        self.counts.is_some_and(|c| !c.is_empty())
+    }
+
+    /// Whether the runner's summary was recognised and counted no test at all.
+    pub fn counted_none(&self) -> bool {
+        self.counts.is_some_and(|c| c.is_empty())
     }
 
     fn key(&self) -> (bool, bool, std::cmp::Reverse<u32>, u32) {
@@ -86,7 +97,7 @@ impl TestRun {
             "the tests fail"
         };
         match self.counts {
-            Some(c) if c.passed == 0 && c.failed == 0 => "the test command ran no tests".into(),
+            Some(c) if c.is_empty() => "the test command ran no tests".into(),
             Some(c) if c.failed == 0 => format!("{verdict} ({} passed)", c.passed),
             Some(c) => format!(
                 "{verdict} ({} of {} fail)",

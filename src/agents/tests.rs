@@ -1858,20 +1858,16 @@ async fn a_change_that_fails_the_own_tests_goes_back_to_the_writer_unreviewed_un
 {
     let dir = sum_repo();
     let done = r#"{"tool": "done", "summary": "done"}"#;
-    let backend = Scripted::new(&[(
-        "writer",
-        &[
-            &write("calc.py", &calc("a * b")),
-            done,
-            &write("calc.py", &calc("a // b")),
-            done,
-            // The last round: reviewed and tested whatever its tests say; these pass.
-            &write("calc.py", &calc("a + b")),
-            done,
-        ],
-    )]);
-    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    let writer = [
+        &write("calc.py", &calc("a * b")),
+        done,
+        &write("calc.py", &calc("a // b")),
+        done,
+        // The last round: reviewed and tested whatever its tests say; these pass.
+        &write("calc.py", &calc("a + b")),
+        done,
+    ];
+    let (events, backend) = scripted_task(&dir, "make add return the sum", 3, &writer, &[]).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let roles = roles_asked(&backend);
     // Rounds 1 and 2 failed the repository's test: the writer alone; round 3 reviewed and tested.
@@ -1940,27 +1936,22 @@ async fn a_change_that_leaves_the_tests_nothing_to_run_goes_back_to_the_writer_a
  {
     let dir = doctest_repo();
     let done = r#"{"tool": "done", "summary": "done"}"#;
-    let backend = Scripted::new(&[(
-        "writer",
-        &[
-            // Round 1 drops the docstring: `Ran 0 tests`, exit 0.
-            &write("calc.py", "def add(a, b):\n    return a + b\n"),
-            done,
-            // Round 2 keeps it and fails it; round 3 passes it.
-            &write(
-                "calc.py",
-                "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    return a * b\n",
-            ),
-            done,
-            &write(
-                "calc.py",
-                "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    return a + b\n",
-            ),
-            done,
-        ],
-    )]);
-    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 3));
-    let events = run_task(&mut s, "implement add", Duration::from_secs(60)).await;
+    let documented = |body: &str| {
+        format!(
+            "def add(a, b):\n    \"\"\"\n    >>> add(2, 3)\n    5\n    \"\"\"\n    return {body}\n"
+        )
+    };
+    let writer = [
+        // Round 1 drops the docstring: `Ran 0 tests`, exit 0.
+        &write("calc.py", "def add(a, b):\n    return a + b\n"),
+        done,
+        // Round 2 keeps it and fails it; round 3 passes it.
+        &write("calc.py", &documented("a * b")),
+        done,
+        &write("calc.py", &documented("a + b")),
+        done,
+    ];
+    let (events, backend) = scripted_task(&dir, "implement add", 3, &writer, &[]).await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     // Round 1 was sent back unreviewed, with why.
     let roles = roles_asked(&backend);
@@ -1993,30 +1984,44 @@ async fn a_change_that_leaves_the_tests_nothing_to_run_goes_back_to_the_writer_a
     assert_eq!(record.kept_round, Some(3));
 }
 
+/// `task` run to its end in `dir` over at most `rounds` rounds, the writer and the tester
+/// answering from their scripts (the reviewer approves).
+async fn scripted_task(
+    dir: &tempfile::TempDir,
+    task: &str,
+    rounds: u32,
+    writer: &[&str],
+    tester: &[&str],
+) -> (Vec<Event>, Arc<Scripted>) {
+    let backend = Scripted::new(&[("writer", writer), ("tester", tester)]);
+    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, rounds));
+    let events = run_task(&mut s, task, Duration::from_secs(60)).await;
+    (events, backend)
+}
+
+/// The writer makes `add` return the sum in one round; the tester answers from `tester`.
+async fn sum_with_tester(dir: &tempfile::TempDir, tester: &[&str]) -> (Vec<Event>, Arc<Scripted>) {
+    let writer = [
+        &write("calc.py", &calc("a + b")),
+        r#"{"tool": "done", "summary": "sum"}"#,
+    ];
+    scripted_task(dir, "make add return the sum", 1, &writer, tester).await
+}
+
 #[tokio::test]
 async fn a_tester_is_answered_with_the_suites_result_and_fixes_a_test_that_fails_on_its_own() {
     let dir = sum_repo();
     let broken = "import unittest\n\nimport calc\n\n\nclass TestMore(unittest.TestCase):\n    def test_ones(self):\n        self.assertEqual(add(1, 1), 2)\n";
     let fixed = broken.replace("import calc\n", "from calc import add\n");
-    let backend = Scripted::new(&[
-        (
-            "writer",
-            &[
-                &write("calc.py", &calc("a + b")),
-                r#"{"tool": "done", "summary": "sum"}"#,
-            ],
-        ),
-        (
-            "tester",
-            &[
-                &write("test_more.py", broken),
-                &write("test_more.py", &fixed),
-                r#"{"tool": "done", "summary": "a test"}"#,
-            ],
-        ),
-    ]);
-    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 1));
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    let (events, _) = sum_with_tester(
+        &dir,
+        &[
+            &write("test_more.py", broken),
+            &write("test_more.py", &fixed),
+            r#"{"tool": "done", "summary": "a test"}"#,
+        ],
+    )
+    .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let tester = tool_ends(&events, "tester");
     assert!(
@@ -2043,25 +2048,15 @@ async fn a_turn_ends_after_two_answers_in_a_row_cut_at_the_token_limit() {
         "{}\n```python\nimport unittest\n\nfrom calc import add\n\n\nclass TestMore(unittest.TestCase):\n    def test_many(self):\n        self.assertEqual(add(1, 1), 2)\n        self.assertEqual(add(1, 2), 3){CUT}",
         r#"{"tool": "write_file", "path": "test_more.py"}"#
     );
-    let backend = Scripted::new(&[
-        (
-            "writer",
-            &[
-                &write("calc.py", &calc("a + b")),
-                r#"{"tool": "done", "summary": "sum"}"#,
-            ],
-        ),
-        (
-            "tester",
-            &[
-                &runaway,
-                &runaway,
-                &write("test_more.py", "never written\n"),
-            ],
-        ),
-    ]);
-    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 1));
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    let (events, backend) = sum_with_tester(
+        &dir,
+        &[
+            &runaway,
+            &runaway,
+            &write("test_more.py", "never written\n"),
+        ],
+    )
+    .await;
     // Nothing was written by the tester; the repository's own tests decide.
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let tester_requests = roles_asked(&backend)
@@ -2084,24 +2079,14 @@ async fn a_turn_ends_after_two_answers_in_a_row_cut_at_the_token_limit() {
 async fn a_tester_that_rewrites_a_test_file_as_it_was_ends_its_turn_with_its_tests_standing() {
     let dir = sum_repo();
     let as_it_was = std::fs::read_to_string(dir.path().join("test_calc.py")).unwrap();
-    let backend = Scripted::new(&[
-        (
-            "writer",
-            &[
-                &write("calc.py", &calc("a + b")),
-                r#"{"tool": "done", "summary": "sum"}"#,
-            ],
-        ),
-        (
-            "tester",
-            &[
-                &write("test_calc.py", &as_it_was),
-                &write("test_more.py", "never written\n"),
-            ],
-        ),
-    ]);
-    let mut s = session(backend.clone(), dir.path(), config(UNITTEST, 1));
-    let events = run_task(&mut s, "make add return the sum", Duration::from_secs(60)).await;
+    let (events, _) = sum_with_tester(
+        &dir,
+        &[
+            &write("test_calc.py", &as_it_was),
+            &write("test_more.py", "never written\n"),
+        ],
+    )
+    .await;
     assert_eq!(check_events(&events), TaskOutcome::Converged);
     let tester = tool_ends(&events, "tester");
     assert_eq!(tester.len(), 1, "{tester:?}");

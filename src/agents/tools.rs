@@ -386,6 +386,25 @@ impl Toolbox {
         }
     }
 
+    /// Runs `argv` as troupe's own run of the user's configured test command (so no approval
+    /// is asked), in `dir` (a copy of the worktree's files at some commit) or, with `None`, in
+    /// the worktree; otherwise as [`Self::run_command`].
+    pub async fn run_unattended(
+        &self,
+        argv: Vec<String>,
+        dir: Option<&std::path::Path>,
+        label: String,
+        agent: &str,
+        emitter: &Emitter,
+    ) -> Result<(ToolOutcome, ExecOutput), ToolOutcome> {
+        let own = Toolbox {
+            root: dir.map_or_else(|| self.root.clone(), std::path::Path::to_path_buf),
+            approval: false,
+            ..self.clone()
+        };
+        own.run_command(argv, label, agent, emitter).await
+    }
+
     /// Runs a command (already allowed) with Begin/End events, after approval when required.
     /// `Err(outcome)` when it could not run; `Ok((outcome, output))` otherwise.
     pub async fn run_command(
